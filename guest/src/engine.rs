@@ -1,0 +1,220 @@
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use warden_wire::DType;
+use warden_wire::guest::{
+    DeclaredTensor, Dim, GuestError, GuestErrorKind, InputFact, LoadRequest, MAX_ERROR_MESSAGE,
+    ModelInfo, RunRequest, TensorRef,
+};
+
+/// A parsed, analysed and optimized model, ready to run repeatedly.
+#[derive(Debug)]
+pub struct Engine {
+    state: TypedSimpleState,
+    inputs: Vec<(String, DType)>,
+    outputs: Vec<String>,
+}
+
+/// An output tensor, owned by the engine's caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedTensor {
+    /// Output name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Little-endian bytes.
+    pub data: Vec<u8>,
+}
+
+impl OwnedTensor {
+    /// Borrows it in contract form.
+    pub fn as_ref(&self) -> TensorRef<'_> {
+        TensorRef { name: &self.name, dtype: self.dtype, shape: self.shape.clone(), data: &self.data }
+    }
+}
+
+fn error(kind: GuestErrorKind, e: impl std::fmt::Debug) -> GuestError {
+    let mut message = format!("{e:?}");
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    GuestError { kind, message }
+}
+
+fn datum_type(dtype: DType) -> DatumType {
+    match dtype {
+        DType::Bool => DatumType::Bool,
+        DType::U8 => DatumType::U8,
+        DType::I8 => DatumType::I8,
+        DType::U16 => DatumType::U16,
+        DType::I16 => DatumType::I16,
+        DType::U32 => DatumType::U32,
+        DType::I32 => DatumType::I32,
+        DType::U64 => DatumType::U64,
+        DType::I64 => DatumType::I64,
+        DType::F32 => DatumType::F32,
+        DType::F64 => DatumType::F64,
+    }
+}
+
+fn dtype(dt: DatumType) -> Option<DType> {
+    DType::ALL.into_iter().find(|d| datum_type(*d) == dt.unquantized())
+}
+
+/// Parses a model (without optimizing it) and reports its declared inputs and outputs.
+pub fn inspect(model: &[u8]) -> Result<ModelInfo, GuestError> {
+    let model_err = |e| error(GuestErrorKind::Model, e);
+    let model = tract_onnx::onnx().with_ignore_output_shapes(false).model_for_read(&mut &*model).map_err(model_err)?;
+    let describe = |outlets: &[OutletId], named_by_node: bool| -> Result<Vec<DeclaredTensor>, GuestError> {
+        outlets
+            .iter()
+            .map(|o| {
+                let fact = model.outlet_fact(*o).map_err(model_err)?;
+                let name = if named_by_node {
+                    model.node(o.node).name.clone()
+                } else {
+                    model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone())
+                };
+                let shape = (!fact.shape.is_open()).then(|| {
+                    fact.shape
+                        .dims()
+                        .map(|d| match d.concretize() {
+                            Some(TDim::Val(n)) if n >= 0 => Some(Dim::Fixed(n as u64)),
+                            Some(TDim::Sym(s)) => Some(Dim::Symbol(format!("{s}"))),
+                            _ => None,
+                        })
+                        .collect()
+                });
+                Ok(DeclaredTensor { name, dtype: fact.datum_type.concretize().and_then(dtype), shape })
+            })
+            .collect()
+    };
+    Ok(ModelInfo {
+        inputs: describe(model.input_outlets().map_err(model_err)?, true)?,
+        outputs: describe(model.output_outlets().map_err(model_err)?, false)?,
+    })
+}
+
+impl Engine {
+    /// Parses the ONNX bytes, pins the inputs to the manifest's facts, and optimizes the model.
+    pub fn load(request: &LoadRequest<'_>) -> Result<Engine, GuestError> {
+        let model_err = |e| error(GuestErrorKind::Model, e);
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &*request.model)
+            .map_err(model_err)?;
+        let graph_inputs: Vec<String> = model
+            .input_outlets()
+            .map_err(model_err)?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        if graph_inputs.len() != request.inputs.len() {
+            return Err(error(
+                GuestErrorKind::Model,
+                format!(
+                    "the graph has {} inputs {graph_inputs:?}, the manifest declares {}",
+                    graph_inputs.len(),
+                    request.inputs.len()
+                ),
+            ));
+        }
+        let mut inputs = Vec::with_capacity(graph_inputs.len());
+        for (ix, name) in graph_inputs.iter().enumerate() {
+            let fact: &InputFact =
+                request.inputs.iter().find(|f| &f.name == name).ok_or_else(|| {
+                    error(GuestErrorKind::Model, format!("graph input {name:?} is not in the manifest"))
+                })?;
+            let shape: TVec<TDim> = fact
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => TDim::Val(*n as i64),
+                    Dim::Symbol(s) => model.symbols.sym(s).to_dim(),
+                })
+                .collect();
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(datum_type(fact.dtype), shape))
+                .map_err(model_err)?;
+            inputs.push((name.clone(), fact.dtype));
+        }
+        let outputs = model
+            .output_outlets()
+            .map_err(model_err)?
+            .iter()
+            .map(|o| {
+                model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone())
+            })
+            .collect();
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(model_err)?;
+        let state = plan.spawn().map_err(model_err)?;
+        Ok(Engine { state, inputs, outputs })
+    }
+
+    /// Runs the model once; inputs are matched to graph inputs by name.
+    pub fn run(&mut self, request: &RunRequest<'_>) -> Result<Vec<OwnedTensor>, GuestError> {
+        let input_err = |e| error(GuestErrorKind::Input, e);
+        if request.inputs.len() != self.inputs.len() {
+            return Err(input_err(format!(
+                "expected {} inputs, got {}",
+                self.inputs.len(),
+                request.inputs.len()
+            )));
+        }
+        let mut values = TVec::with_capacity(self.inputs.len());
+        for (name, dtype) in &self.inputs {
+            let t = request
+                .inputs
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| input_err(format!("missing input {name:?}")))?;
+            if t.dtype != *dtype {
+                return Err(input_err(format!("input {name:?} is {}, expected {dtype}", t.dtype)));
+            }
+            values.push(tensor_from_ref(t).map_err(input_err)?.into_tvalue());
+        }
+        let outputs = self.state.run(values).map_err(|e| error(GuestErrorKind::Run, e))?;
+        outputs
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(t, name)| {
+                let dtype = dtype(t.datum_type()).ok_or_else(|| {
+                    error(
+                        GuestErrorKind::Output,
+                        format!("output {name:?} has type {:?}, which Warden cannot carry", t.datum_type()),
+                    )
+                })?;
+                Ok(OwnedTensor {
+                    name: name.clone(),
+                    dtype,
+                    shape: t.shape().iter().map(|d| *d as u64).collect(),
+                    data: t.as_bytes().to_vec(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn tensor_from_ref(t: &TensorRef<'_>) -> Result<Tensor, String> {
+    let shape: Vec<usize> = t.shape.iter().map(|d| *d as usize).collect();
+    let len = shape
+        .iter()
+        .try_fold(t.dtype.size(), |acc, d| acc.checked_mul(*d))
+        .ok_or("shape overflows")?;
+    if len != t.data.len() {
+        return Err(format!("input {:?} has {} bytes, its shape needs {len}", t.name, t.data.len()));
+    }
+    if t.dtype == DType::Bool && t.data.iter().any(|b| *b > 1) {
+        return Err(format!("input {:?} has a bool that is neither 0 nor 1", t.name));
+    }
+    let mut tensor = Tensor::zero_dt(datum_type(t.dtype), &shape).map_err(|e| e.to_string())?;
+    tensor.as_bytes_mut().copy_from_slice(t.data);
+    Ok(tensor)
+}

@@ -1,0 +1,122 @@
+//! The exports of the guest contract (see `warden_wire::guest`). The only module with
+//! `no_mangle` items; it holds no other unsafe code.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+
+use warden_wire::guest::{
+    ABI_VERSION, GuestError, GuestErrorKind, InspectRequest, LoadRequest, Reply, RunRequest,
+    RunResponse,
+};
+
+use crate::Engine;
+
+#[derive(Default)]
+struct Guest {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    engine: Option<Engine>,
+}
+
+thread_local! {
+    static GUEST: RefCell<Guest> = RefCell::new(Guest::default());
+}
+
+fn bad_request(e: postcard::Error) -> GuestError {
+    GuestError { kind: GuestErrorKind::BadRequest, message: format!("undecodable request: {e}") }
+}
+
+fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
+    guest.reply.clear();
+    let bytes = postcard::to_extend(value, std::mem::take(&mut guest.reply))
+        .unwrap_or_else(|e| postcard::to_allocvec(&Reply::<()>::Err(GuestError {
+            kind: GuestErrorKind::Output,
+            message: format!("cannot encode reply: {e}"),
+        })).unwrap_or_default());
+    guest.reply = bytes;
+    ((guest.reply.as_ptr() as u64) << 32) | guest.reply.len() as u64
+}
+
+/// The contract version.
+#[unsafe(no_mangle)]
+pub extern "C" fn warden_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+/// A buffer of at least `len` bytes for the next request.
+#[unsafe(no_mangle)]
+pub extern "C" fn warden_reserve(len: u32) -> u32 {
+    GUEST.with_borrow_mut(|g| {
+        g.request.clear();
+        if g.request.try_reserve_exact(len as usize).is_err() {
+            return 0;
+        }
+        g.request.resize(len as usize, 0);
+        g.request.as_mut_ptr() as u32
+    })
+}
+
+fn request(g: &Guest, len: u32) -> Result<&[u8], GuestError> {
+    g.request.get(..len as usize).ok_or_else(|| GuestError {
+        kind: GuestErrorKind::BadRequest,
+        message: format!("request of {len} bytes exceeds the reserved buffer"),
+    })
+}
+
+/// Parses and optimizes the model in the request buffer.
+#[unsafe(no_mangle)]
+pub extern "C" fn warden_load(len: u32) -> u64 {
+    GUEST.with_borrow_mut(|g| {
+        g.engine = None;
+        let result = request(g, len).and_then(|bytes| {
+            let req: LoadRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
+            Engine::load(&req)
+        });
+        g.request = Vec::new();
+        let result = result.map(|engine| g.engine = Some(engine));
+        reply(g, &result)
+    })
+}
+
+/// Runs the loaded model on the inputs in the request buffer.
+#[unsafe(no_mangle)]
+pub extern "C" fn warden_run(len: u32) -> u64 {
+    GUEST.with_borrow_mut(|g| {
+        let Guest { request: buf, reply: _, engine } = &mut *g;
+        let result = match engine {
+            None => Err(GuestError {
+                kind: GuestErrorKind::NotLoaded,
+                message: "no model loaded".into(),
+            }),
+            Some(engine) => buf
+                .get(..len as usize)
+                .ok_or_else(|| GuestError {
+                    kind: GuestErrorKind::BadRequest,
+                    message: format!("request of {len} bytes exceeds the reserved buffer"),
+                })
+                .and_then(|bytes| {
+                    let req: RunRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
+                    engine.run(&req)
+                }),
+        };
+        match result {
+            Ok(outputs) => {
+                let response = RunResponse { outputs: outputs.iter().map(|t| t.as_ref()).collect() };
+                reply(g, &Ok(response))
+            }
+            Err(e) => reply::<RunResponse<'_>>(g, &Err(e)),
+        }
+    })
+}
+
+/// Describes the model in the request buffer without loading it.
+#[unsafe(no_mangle)]
+pub extern "C" fn warden_inspect(len: u32) -> u64 {
+    GUEST.with_borrow_mut(|g| {
+        let result = request(g, len).and_then(|bytes| {
+            let req: InspectRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
+            crate::inspect(req.model)
+        });
+        reply(g, &result)
+    })
+}

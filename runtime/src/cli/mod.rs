@@ -1,0 +1,173 @@
+//! Command-line parsing and the commands themselves.
+
+mod model;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use warden::kserve::{InferRequest, InferResponse, ResponseTensor};
+use warden::{Error, Progress, Runtime, RuntimeBuilder};
+
+/// Signed ONNX models, run by tract inside a wasmtime sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Mutable state (accepted model versions). Default: $XDG_STATE_HOME/warden.
+    #[arg(long, global = true, env = "WARDEN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Compiled-guest cache. Default: $XDG_CACHE_HOME/warden.
+    #[arg(long, global = true, env = "WARDEN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the sandboxed engine on every start instead of caching it.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Memory cap of one sandbox instance, in MiB.
+    #[arg(long, global = true, default_value_t = 512)]
+    memory_mib: u64,
+    /// Deadline of one inference, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Deadline for loading one model into the sandbox, in milliseconds.
+    #[arg(long, global = true, default_value_t = 60_000)]
+    load_timeout_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a publisher key pair: PATH.key (mode 0600) and PATH.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create, sign, verify and inspect model bundles.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Run one KServe v2 inference request against a signed bundle; the response goes to stdout.
+    Infer {
+        /// Directory of trusted publisher keys.
+        #[arg(long)]
+        trust: PathBuf,
+        /// The bundle directory (model.onnx, manifest.toml, manifest.sig).
+        bundle_dir: PathBuf,
+        /// KServe v2 request JSON (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+/// Exit codes: 1 other failures, 3 a refused bundle or key, 4 a refused request, 5 the sandbox
+/// stopped the model (trap, timeout, memory cap).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
+        Some(Error::Bundle { .. } | Error::Key(_)) => 3,
+        Some(Error::Input(_) | Error::Request(_)) => 4,
+        Some(Error::Sandbox(_) | Error::Output(_)) => 5,
+        _ => 1,
+    }
+}
+
+impl Global {
+    fn runtime(&self, trust: Option<&Path>) -> Result<Runtime> {
+        let mut b: RuntimeBuilder = Runtime::builder()
+            .memory_limit(usize::try_from(self.memory_mib << 20).context("--memory-mib too large")?)
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .load_timeout(Duration::from_millis(self.load_timeout_ms));
+        if let Some(t) = trust {
+            b = b.trust_dir(t);
+        }
+        if let Some(s) = &self.state_dir {
+            b = b.state_dir(s);
+        }
+        if let Some(c) = &self.cache_dir {
+            b = b.cache_dir(c);
+        }
+        if self.no_cache {
+            b = b.no_cache();
+        }
+        let spinner = Arc::new(std::sync::Mutex::new(None::<indicatif::ProgressBar>));
+        let shown = spinner.clone();
+        b = b.on_progress(move |p| {
+            if let Progress::CompilingGuest = p {
+                let bar = indicatif::ProgressBar::new_spinner().with_message(
+                    "compiling the sandboxed inference engine to native code (first start only; cached after)",
+                );
+                bar.enable_steady_tick(Duration::from_millis(120));
+                *shown.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+            }
+        });
+        let runtime = b.build();
+        if let Some(bar) = spinner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let took = runtime.as_ref().map(|r| r.guest_compile().1).unwrap_or_default();
+            bar.finish_with_message(format!("compiled the sandboxed inference engine in {:.1} s", took.as_secs_f64()));
+        }
+        Ok(runtime?)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let id = warden::trust::generate_keypair(&out)?;
+            println!("wrote {0}.key (secret, mode 0600) and {0}.pub (key id {id})", out.display());
+            Ok(())
+        }
+        Command::Model(cmd) => model::run(&cli.global, cmd),
+        Command::Infer { trust, bundle_dir, input } => {
+            let request = read_input(&input)?;
+            let request = InferRequest::from_json(&request)?;
+            let tensors = request.tensors()?;
+            let runtime = cli.global.runtime(Some(&trust))?;
+            let model = runtime.load_bundle(&bundle_dir)?;
+            let mut outputs = model.infer(tensors)?;
+            if let Some(wanted) = &request.outputs {
+                for w in wanted {
+                    if !outputs.iter().any(|o| o.name == w.name) {
+                        bail!(Error::Request(format!("unknown output {:?}", w.name)));
+                    }
+                }
+                outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
+            }
+            let response = InferResponse {
+                model_name: model.manifest().name.clone(),
+                model_version: model.manifest().version.to_string(),
+                id: request.id.clone(),
+                outputs: outputs.iter().map(ResponseTensor::from_tensor).collect(),
+            };
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer(&mut out, &response)?;
+            writeln!(out)?;
+            Ok(())
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        return Ok(buf);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

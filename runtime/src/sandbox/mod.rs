@@ -1,0 +1,332 @@
+//! The sandbox: a wasmtime engine running the tract guest with no capabilities, under a memory
+//! cap, a stack cap and a per-call deadline.
+
+mod cache;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap, TypedFunc,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use warden_wire::guest::{
+    ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
+};
+
+pub use cache::CompileOutcome;
+
+use crate::error::SandboxError;
+use crate::tensor::Tensor;
+
+/// The guest module, built from `guest/` by `build.rs`.
+pub(crate) static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/warden_guest.wasm"));
+/// Its SHA-256, computed at build time.
+pub(crate) const GUEST_SHA256: &str = env!("WARDEN_GUEST_SHA256");
+
+/// Bytes of guest stdout/stderr kept for diagnostics.
+const DIAGNOSTICS_CAPACITY: usize = 64 << 10;
+/// The guest's function table has a few thousand entries; leave room.
+const TABLE_ELEMENTS: usize = 64 << 10;
+
+/// How the sandbox is set up.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Most bytes of linear memory any instance may have (each model may ask for less).
+    pub max_memory: usize,
+    /// Most bytes of native stack wasm may use. By default 1 MiB.
+    pub max_wasm_stack: usize,
+    /// Most instances alive at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Use the pooling instance allocator. By default `true`.
+    pub pooling: bool,
+    /// Where compiled guests are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Epoch tick: the granularity of deadlines. By default 5 ms.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_memory: 1 << 30,
+            max_wasm_stack: 1 << 20,
+            max_instances: 64,
+            pooling: true,
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The engine, the pre-linked guest and the epoch ticker that enforces deadlines.
+pub struct Sandbox {
+    engine: Engine,
+    pre: InstancePre<StoreState>,
+    config: SandboxConfig,
+    stop_ticker: Arc<AtomicBool>,
+    compile: (CompileOutcome, Duration),
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("config", &self.config).field("compile", &self.compile).finish()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Limiter {
+    memory_limit: usize,
+    hit_memory_cap: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.hit_memory_cap = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS)
+    }
+}
+
+struct StoreState {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+    stderr: MemoryOutputPipe,
+}
+
+impl Sandbox {
+    /// Builds the engine and links the guest, compiling it or loading it from the cache.
+    /// `on_compile` is called before a compile that takes seconds.
+    pub fn new(config: SandboxConfig, on_compile: &dyn Fn()) -> Result<Sandbox, SandboxError> {
+        let setup = |e: wasmtime::Error| SandboxError::Setup(format!("{e:#}"));
+        let mut wasm_config = Config::new();
+        wasm_config
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .wasm_simd(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if config.pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_core_instances(config.max_instances)
+                .total_memories(config.max_instances)
+                .total_tables(config.max_instances)
+                .max_memory_size(config.max_memory)
+                .table_elements(TABLE_ELEMENTS);
+            wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm_config).map_err(setup)?;
+        let (module, outcome, elapsed) =
+            cache::load_or_compile(&engine, GUEST_WASM, GUEST_SHA256, config.cache_dir.as_deref(), on_compile)?;
+        let mut linker: Linker<StoreState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
+        let pre = linker.instantiate_pre(&module).map_err(setup)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop, tick) = (engine.clone(), stop_ticker.clone(), config.epoch_tick);
+        std::thread::Builder::new()
+            .name("warden-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| SandboxError::Setup(format!("starting the epoch thread: {e}")))?;
+        Ok(Sandbox { engine, pre, config, stop_ticker, compile: (outcome, elapsed) })
+    }
+
+    /// Whether the guest came from the cache, and how long getting it took.
+    pub fn compile_outcome(&self) -> (CompileOutcome, Duration) {
+        self.compile
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// A fresh guest instance with no model loaded, capped at `memory_limit` bytes.
+    pub(crate) fn instantiate(&self, memory_limit: usize, timeout: Duration) -> Result<GuestInstance, SandboxError> {
+        let stderr = MemoryOutputPipe::new(DIAGNOSTICS_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(MemoryOutputPipe::new(DIAGNOSTICS_CAPACITY))
+            .stderr(stderr.clone())
+            .build_p1();
+        let memory_limit = memory_limit.min(self.config.max_memory);
+        let state = StoreState { wasi, limiter: Limiter { memory_limit, hit_memory_cap: false }, stderr };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.ticks(timeout));
+        let mut guest = GuestInstance::partial(store, memory_limit, self.config.epoch_tick);
+        let instance = self.pre.instantiate(&mut guest.store).map_err(|e| guest.classify(e, timeout))?;
+        let contract = |what: &str| SandboxError::Contract(format!("the guest does not export {what}"));
+        let memory = instance.get_memory(&mut guest.store, "memory").ok_or_else(|| contract("memory"))?;
+        let init = instance.get_typed_func::<(), ()>(&mut guest.store, "_initialize").ok();
+        let version: TypedFunc<(), u32> =
+            instance.get_typed_func(&mut guest.store, "warden_abi_version").map_err(|_| contract("warden_abi_version"))?;
+        let reserve = instance.get_typed_func(&mut guest.store, "warden_reserve").map_err(|_| contract("warden_reserve"))?;
+        let load = instance.get_typed_func(&mut guest.store, "warden_load").map_err(|_| contract("warden_load"))?;
+        let run = instance.get_typed_func(&mut guest.store, "warden_run").map_err(|_| contract("warden_run"))?;
+        let inspect =
+            instance.get_typed_func(&mut guest.store, "warden_inspect").map_err(|_| contract("warden_inspect"))?;
+        if let Some(init) = init {
+            init.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
+        }
+        let abi = version.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
+        if abi != ABI_VERSION {
+            return Err(SandboxError::Contract(format!("guest contract version {abi}, host speaks {ABI_VERSION}")));
+        }
+        guest.funcs = Some(Funcs { memory, reserve, load, run, inspect });
+        Ok(guest)
+    }
+
+    fn ticks(&self, timeout: Duration) -> u64 {
+        let tick = self.config.epoch_tick.as_nanos().max(1);
+        u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+struct Funcs {
+    memory: Memory,
+    reserve: TypedFunc<u32, u32>,
+    load: TypedFunc<u32, u64>,
+    run: TypedFunc<u32, u64>,
+    inspect: TypedFunc<u32, u64>,
+}
+
+/// One guest instance: its own store, memory and (once loaded) model. Not shared between threads
+/// at once; after any trap it must be dropped.
+pub(crate) struct GuestInstance {
+    store: Store<StoreState>,
+    funcs: Option<Funcs>,
+    memory_limit: usize,
+    tick: Duration,
+}
+
+impl GuestInstance {
+    fn partial(store: Store<StoreState>, memory_limit: usize, tick: Duration) -> GuestInstance {
+        GuestInstance { store, funcs: None, memory_limit, tick }
+    }
+
+    fn set_deadline(&mut self, timeout: Duration) {
+        let tick = self.tick.as_nanos().max(1);
+        let ticks = u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1);
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().limiter.hit_memory_cap = false;
+    }
+
+    fn classify(&self, e: wasmtime::Error, timeout: Duration) -> SandboxError {
+        if self.store.data().limiter.hit_memory_cap {
+            return SandboxError::MemoryCap(self.memory_limit);
+        }
+        if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return SandboxError::Timeout(timeout);
+        }
+        let stderr = self.store.data().stderr.contents();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let detail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = detail[detail.len().saturating_sub(3)..].join(" | ");
+        let trap = e.downcast_ref::<Trap>().map_or_else(|| format!("{e}"), |t| t.to_string());
+        if tail.is_empty() { SandboxError::Trap(trap) } else { SandboxError::Trap(format!("{trap}; guest said: {tail}")) }
+    }
+
+    /// Encodes `request` straight into the guest's buffer, calls `func`, and returns the reply's
+    /// bytes range in guest memory after bounds checks.
+    fn call(
+        &mut self,
+        which: fn(&Funcs) -> &TypedFunc<u32, u64>,
+        request: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<std::ops::Range<usize>, SandboxError> {
+        let funcs = self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
+        let (memory, reserve, func) = (funcs.memory, funcs.reserve.clone(), which(funcs).clone());
+        let len = postcard::serialize_with_flavor(request, postcard::ser_flavors::Size::default())
+            .map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
+        let len32 = u32::try_from(len).map_err(|_| SandboxError::Contract("request above 4 GiB".into()))?;
+        self.set_deadline(timeout);
+        let ptr = reserve.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))? as usize;
+        if ptr == 0 {
+            return Err(if self.store.data().limiter.hit_memory_cap {
+                SandboxError::MemoryCap(self.memory_limit)
+            } else {
+                SandboxError::Contract(format!("the guest could not reserve {len} bytes"))
+            });
+        }
+        let buf = memory
+            .data_mut(&mut self.store)
+            .get_mut(ptr..ptr.saturating_add(len))
+            .ok_or_else(|| SandboxError::Contract("reserved buffer outside guest memory".into()))?;
+        postcard::to_slice(request, buf).map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
+        let packed = func.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))?;
+        let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        let end = ptr.checked_add(len).filter(|end| *end <= memory.data_size(&self.store));
+        end.map(|end| ptr..end).ok_or_else(|| SandboxError::Contract("reply outside guest memory".into()))
+    }
+
+    fn memory(&self) -> Result<&[u8], SandboxError> {
+        let funcs = self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
+        Ok(funcs.memory.data(&self.store))
+    }
+
+    /// Parses and optimizes a model inside the guest.
+    pub(crate) fn load(&mut self, request: &LoadRequest<'_>, timeout: Duration) -> Result<(), SandboxError> {
+        let range = self.call(|f| &f.load, request, timeout)?;
+        let reply: Reply<()> = postcard::from_bytes(&self.memory()?[range])
+            .map_err(|e| SandboxError::Contract(format!("undecodable load reply: {e}")))?;
+        reply.map_err(|e| self.guest_error(e.kind, e.message))
+    }
+
+    /// Describes a model's declared interface (parsing it in the sandbox, not optimizing it).
+    pub(crate) fn inspect(&mut self, model: &[u8], timeout: Duration) -> Result<ModelInfo, SandboxError> {
+        let range = self.call(|f| &f.inspect, &InspectRequest { model }, timeout)?;
+        let reply: Reply<ModelInfo> = postcard::from_bytes(&self.memory()?[range])
+            .map_err(|e| SandboxError::Contract(format!("undecodable inspect reply: {e}")))?;
+        reply.map_err(|e| self.guest_error(e.kind, e.message))
+    }
+
+    /// Runs the loaded model. Returns the outputs as the guest reported them (untrusted: the
+    /// caller checks them against the manifest).
+    pub(crate) fn run(&mut self, inputs: &[Tensor], timeout: Duration) -> Result<Vec<Tensor>, SandboxError> {
+        let request = RunRequest {
+            inputs: inputs
+                .iter()
+                .map(|t| TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                .collect(),
+        };
+        let range = self.call(|f| &f.run, &request, timeout)?;
+        let reply: Reply<RunResponse<'_>> = postcard::from_bytes(&self.memory()?[range])
+            .map_err(|e| SandboxError::Contract(format!("undecodable run reply: {e}")))?;
+        match reply {
+            Ok(response) => Ok(response
+                .outputs
+                .into_iter()
+                .map(|t| Tensor { name: t.name.to_owned(), dtype: t.dtype, shape: t.shape, data: t.data.to_vec() })
+                .collect()),
+            Err(e) => Err(self.guest_error(e.kind, e.message)),
+        }
+    }
+
+    fn guest_error(&self, kind: warden_wire::guest::GuestErrorKind, message: String) -> SandboxError {
+        if self.store.data().limiter.hit_memory_cap {
+            return SandboxError::MemoryCap(self.memory_limit);
+        }
+        SandboxError::Guest { kind, message }
+    }
+}

@@ -185,6 +185,11 @@ impl Engine {
             .into_iter()
             .zip(&self.outputs)
             .map(|(t, name)| {
+                let t = if t.datum_type() == DatumType::TDim {
+                    t.cast_to_dt(DatumType::I64).map_err(|e| error(GuestErrorKind::Output, e))?.into_owned().into_tvalue()
+                } else {
+                    t
+                };
                 let dtype = dtype(t.datum_type()).ok_or_else(|| {
                     error(
                         GuestErrorKind::Output,

@@ -140,7 +140,8 @@ impl ResponseTensor {
             .map(|i| match t.dtype {
                 DType::Bool => Value::Bool(t.data.get(i).is_some_and(|b| *b != 0)),
                 DType::F32 | DType::F64 => t.value_f64(i).map_or(Value::Null, |f| {
-                    let f = if t.dtype == DType::F32 { f64::from(f as f32) } else { f };
+                    // Shortest decimal that reads back as the same f32 (0.01, not 0.009999999776482582).
+                    let f = if t.dtype == DType::F32 { (f as f32).to_string().parse().unwrap_or(f) } else { f };
                     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
                 }),
                 DType::I64 => t.to_i64_at(i).map_or(Value::Null, Value::from),

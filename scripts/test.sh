@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then runs every test in the workspace.
+#   - the wasm32-wasip1 target (rustup's auto-install may be off: RUSTUP_AUTO_INSTALL=0)
+#   - Python packages pinned in models/requirements.txt (to fetch public models and make fixtures)
+#   - the public models (silero VAD, PP-OCR) with their ONNX Runtime reference outputs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+step "Rust $toolchain with the wasm32-wasip1 target"
+if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -qx wasm32-wasip1; then
+  rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
+  rustup target add wasm32-wasip1 --toolchain "$toolchain"
+fi
+
+step "Python packages (models/requirements.txt)"
+if ! python3 -c 'import onnx, onnxruntime, sklearn, skl2onnx' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check -r models/requirements.txt
+fi
+
+step "Public models (silero VAD, PP-OCR) and their ONNX Runtime reference outputs"
+python3 models/fetch_public_models.py
+
+step "cargo test --workspace"
+cargo test --workspace --locked "$@"

@@ -2,7 +2,10 @@
 """Fetch small public ONNX models from PyPI wheels and write onnxruntime reference fixtures.
 
 Models (extracted from wheels downloaded with `pip download`, nothing else is fetched):
-  silero_vad.onnx  <- silero-vad==6.2.3            silero_vad/data/silero_vad.onnx
+  silero_vad.onnx  <- silero-vad==6.2.3            silero_vad/data/silero_vad_openvino_16k.onnx
+     (the 16 kHz export without the sample-rate `If`: tract 0.23.9 analyses both branches of the
+     plain silero_vad.onnx's `If(sr == 16000)` with the same input shape, and the 8 kHz branch
+     fails with "Attempt to squeeze an axis which dimension is not one")
   ppocr_rec.onnx   <- rapidocr-onnxruntime==1.4.4  rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx
   ppocr_cls.onnx   <- rapidocr-onnxruntime==1.4.4  rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx
 
@@ -36,8 +39,8 @@ WHEELS = {
 
 # name -> (pypi package, member path inside the wheel, sha256 of the extracted file)
 MODELS = {
-    "silero_vad": ("silero-vad", "silero_vad/data/silero_vad.onnx",
-                   "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"),
+    "silero_vad": ("silero-vad", "silero_vad/data/silero_vad_openvino_16k.onnx",
+                   "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87"),
     "ppocr_rec": ("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                   "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
     "ppocr_cls": ("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -92,7 +95,7 @@ def fetch():
 def silero_cases(sess):
     """Three consecutive 512-sample chunks of 16 kHz audio (sine + seeded noise), fed the way
     silero-vad's own OnnxWrapper does: input = [64 context samples | 512 new samples] = [1, 576],
-    state [2, 1, 128] (zeros at start, then the previous call's stateN), sr = int64 scalar 16000.
+    state [2, 1, 128] (zeros at start, then the previous call's stateN); this export is fixed at 16 kHz.
     Cases chain: case k uses stateN and the last 64 input samples of case k-1."""
     sr = 16000
     rng = np.random.default_rng(1234)
@@ -105,7 +108,7 @@ def silero_cases(sess):
     cases = []
     for i in range(3):
         x = np.concatenate([context, signal[None, i * 512:(i + 1) * 512]], axis=1).astype(np.float32)
-        feeds = [("input", x), ("state", state), ("sr", np.array(sr, dtype=np.int64))]
+        feeds = [("input", x), ("state", state)]
         cases.append(feeds)
         _, state = sess.run(["output", "stateN"], dict(feeds))
         context = x[:, -64:]

@@ -46,6 +46,21 @@ fn error(kind: GuestErrorKind, e: impl std::fmt::Debug) -> GuestError {
     GuestError { kind, message }
 }
 
+/// Parses ONNX bytes. Node names are only labels, but tract requires them unique while some
+/// exporters (OpenVINO's) repeat them; duplicates get a `#n` suffix first.
+fn parse(bytes: &[u8], onnx: &tract_onnx::Onnx) -> TractResult<InferenceModel> {
+    let mut proto = onnx.proto_model_for_read(&mut &*bytes)?;
+    if let Some(graph) = proto.graph.as_mut() {
+        let mut seen = std::collections::HashSet::new();
+        for (ix, node) in graph.node.iter_mut().enumerate() {
+            if !node.name.is_empty() && !seen.insert(node.name.clone()) {
+                node.name = format!("{}#{ix}", node.name);
+            }
+        }
+    }
+    onnx.model_for_proto_model(&proto)
+}
+
 fn datum_type(dtype: DType) -> DatumType {
     match dtype {
         DType::Bool => DatumType::Bool,
@@ -69,7 +84,7 @@ fn dtype(dt: DatumType) -> Option<DType> {
 /// Parses a model (without optimizing it) and reports its declared inputs and outputs.
 pub fn inspect(model: &[u8]) -> Result<ModelInfo, GuestError> {
     let model_err = |e| error(GuestErrorKind::Model, e);
-    let model = tract_onnx::onnx().with_ignore_output_shapes(false).model_for_read(&mut &*model).map_err(model_err)?;
+    let model = parse(model, &tract_onnx::onnx().with_ignore_output_shapes(false)).map_err(model_err)?;
     let describe = |outlets: &[OutletId], named_by_node: bool| -> Result<Vec<DeclaredTensor>, GuestError> {
         outlets
             .iter()
@@ -104,9 +119,7 @@ impl Engine {
     /// Parses the ONNX bytes, pins the inputs to the manifest's facts, and optimizes the model.
     pub fn load(request: &LoadRequest<'_>) -> Result<Engine, GuestError> {
         let model_err = |e| error(GuestErrorKind::Model, e);
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &*request.model)
-            .map_err(model_err)?;
+        let mut model = parse(request.model, &tract_onnx::onnx()).map_err(model_err)?;
         let graph_inputs: Vec<String> = model
             .input_outlets()
             .map_err(model_err)?

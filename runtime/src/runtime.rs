@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -280,6 +281,7 @@ impl Runtime {
             max_input_bytes: self.max_input_bytes,
             pool: Mutex::new(Pool { idle: Vec::new(), live: 0 }),
             freed: Condvar::new(),
+            runs: AtomicU64::new(0),
             bundle,
         });
         let started = Instant::now();
@@ -306,6 +308,7 @@ struct ModelInner {
     max_input_bytes: u64,
     pool: Mutex<Pool>,
     freed: Condvar,
+    runs: AtomicU64,
 }
 
 impl ModelInner {
@@ -381,6 +384,11 @@ impl Model {
         self.load_time
     }
 
+    /// How many inferences reached the sandbox (refused inputs never do).
+    pub fn sandbox_runs(&self) -> u64 {
+        self.inner.runs.load(Ordering::Relaxed)
+    }
+
     /// Validates the inputs against the manifest, runs the model in the sandbox, checks its
     /// outputs against the manifest and applies the output policy.
     pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
@@ -388,6 +396,7 @@ impl Model {
         let manifest = &inner.bundle.manifest;
         let inputs = validate_inputs(manifest, inputs, inner.max_input_bytes)?;
         let mut instance = inner.acquire()?;
+        inner.runs.fetch_add(1, Ordering::Relaxed);
         let result = instance.run(&inputs, inner.timeout);
         let healthy = match &result {
             Ok(_) | Err(SandboxError::Guest { .. }) => true,

@@ -95,6 +95,25 @@ def constant_of_shape_terabytes():
                       [shape], "constant_of_shape_terabytes")
 
 
+def memory_bomb(side, from_input, name):
+    # ATTACK: memory exhaustion within what the data type allows. A [side, side] float32 tensor
+    # (side 16384: 1 GiB) made either from a constant (ConstantOfShape: allocated while the
+    # optimizer folds it at load time) or from the input (Expand of x: allocated at run time),
+    # then reduced to [1,1]. Must stop at the sandbox's memory cap with a typed error.
+    shape = numpy_helper.from_array(np.array([side, side], np.int64), "bomb_shape")
+    if from_input:
+        nodes = [helper.make_node("Expand", ["x", "bomb_shape"], ["big"]),
+                 helper.make_node("ReduceSum", ["big"], ["y"], keepdims=1)]
+    else:
+        nodes = [helper.make_node("ConstantOfShape", ["bomb_shape"], ["big"],
+                                  value=numpy_helper.from_array(np.array([1.0], np.float32))),
+                 helper.make_node("ReduceSum", ["big"], ["reduced"], keepdims=1),
+                 helper.make_node("Add", ["reduced", "x"], ["y"])]
+    return make_model(nodes, [x_input([1, 1])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                      [shape], name)
+
+
 def external_data(location, name):
     # ATTACK: file disclosure / path traversal. Initializer "w" [1,16] float has
     # data_location=EXTERNAL pointing at `location` (offset 0, length 64). A loader that resolves
@@ -145,6 +164,10 @@ def main():
           "constant-only 200x MatMul 2048x2048 chain: load-time constant-folding CPU exhaustion")
     write("constant_of_shape_terabytes.onnx", constant_of_shape_terabytes().SerializeToString(),
           "ConstantOfShape [1e6,1e6] f32 = 4 TB: memory exhaustion")
+    write("memory_bomb_load.onnx", memory_bomb(16384, False, "memory_bomb_load").SerializeToString(),
+          "ConstantOfShape [16384,16384] f32 (1 GiB) folded at load: memory cap at load")
+    write("memory_bomb_run.onnx", memory_bomb(16384, True, "memory_bomb_run").SerializeToString(),
+          "Expand x to [16384,16384] f32 (1 GiB) at run time: memory cap at run")
     write("external_data_passwd.onnx", external_data("/etc/passwd", "external_data_passwd").SerializeToString(),
           "external initializer data at absolute path /etc/passwd: host file disclosure")
     write("external_data_parent.onnx", external_data("../x", "external_data_parent").SerializeToString(),

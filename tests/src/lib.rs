@@ -42,6 +42,7 @@ pub fn builder(state_dir: &Path, trust_dir: &Path) -> RuntimeBuilder {
         .load_timeout(Duration::from_secs(60))
 }
 
+#[derive(Debug)]
 /// A publisher key pair in `dir/keys` with a trust directory `dir/trust` that holds it.
 pub struct TestPublisher {
     /// The secret key.
@@ -146,8 +147,11 @@ pub fn tensors(ts: &[RequestTensor]) -> Vec<Tensor> {
     ts.iter().map(|t| t.to_tensor().unwrap()).collect()
 }
 
-/// Asserts `actual` equals `expected` within `rel` relative tolerance (plus a tiny absolute
-/// floor for values near zero); integer tensors must match exactly.
+/// Absolute floor of [`assert_close`]: float32 rounding of values near zero.
+pub const ABS_TOLERANCE: f64 = 1e-6;
+
+/// Asserts `actual` equals `expected` elementwise as numpy's `allclose` does:
+/// `|a - e| <= rel * |e| + ABS_TOLERANCE`. Integer tensors must match exactly.
 pub fn assert_close(actual: &Tensor, expected: &Tensor, rel: f64, what: &str) {
     assert_eq!(actual.name, expected.name, "{what}");
     assert_eq!(actual.dtype, expected.dtype, "{what}: {}", actual.name);
@@ -157,17 +161,17 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, rel: f64, what: &str) {
     for i in 0..n {
         let (a, e) = (actual.value_f64(i).unwrap(), expected.value_f64(i).unwrap());
         if expected.dtype.is_float() {
-            let err = (a - e).abs() / (e.abs().max(1e-3));
-            if err > worst.0 {
-                worst = (err, i);
+            let excess = (a - e).abs() / (rel * e.abs() + ABS_TOLERANCE);
+            if excess > worst.0 {
+                worst = (excess, i);
             }
         } else {
             assert_eq!(a, e, "{what}: {} element {i}", actual.name);
         }
     }
     assert!(
-        worst.0 <= rel,
-        "{what}: {} element {} differs by {:.3e} relative (tolerance {rel:e}): got {}, expected {}",
+        worst.0 <= 1.0,
+        "{what}: {} element {} is {:.2}x outside the tolerance ({rel:e} relative + {ABS_TOLERANCE:e}): got {}, expected {}",
         actual.name,
         worst.1,
         worst.0,

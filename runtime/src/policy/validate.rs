@@ -24,11 +24,6 @@ pub(crate) fn render_shape(shape: &[DimSpec]) -> String {
 /// order: names (each exactly once), dtypes, shapes (named dims consistent across inputs),
 /// data length, total size, finite floats, bools, and per-feature bounds.
 pub fn validate_inputs(manifest: &Manifest, mut inputs: Vec<Tensor>, host_cap: u64) -> Result<Vec<Tensor>, InputError> {
-    let limit = manifest.limits.max_input_bytes.unwrap_or(DEFAULT_MAX_INPUT_BYTES).min(host_cap);
-    let total: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
-    if total > limit {
-        return Err(InputError::TooLarge { actual: total, limit });
-    }
     for (i, t) in inputs.iter().enumerate() {
         if inputs[..i].iter().any(|o| o.name == t.name) {
             return Err(InputError::Duplicate(t.name.clone()));
@@ -45,13 +40,22 @@ pub fn validate_inputs(manifest: &Manifest, mut inputs: Vec<Tensor>, host_cap: u
             .position(|t| t.name == spec.name)
             .ok_or_else(|| InputError::Missing(spec.name.clone()))?;
         let t = inputs.swap_remove(pos);
-        check_tensor(spec, &t, &mut symbols)?;
-        ordered.push(t);
+        check_structure(spec, &t, &mut symbols)?;
+        ordered.push((spec, t));
     }
-    Ok(ordered)
+    let limit = manifest.limits.max_input_bytes.unwrap_or(DEFAULT_MAX_INPUT_BYTES).min(host_cap);
+    let total: u64 = ordered.iter().map(|(_, t)| t.data.len() as u64).sum();
+    if total > limit {
+        return Err(InputError::TooLarge { actual: total, limit });
+    }
+    ordered
+        .into_iter()
+        .map(|(spec, t)| check_values(spec, &t).map(|()| t))
+        .collect()
 }
 
-fn check_tensor<'a>(spec: &'a InputSpec, t: &Tensor, symbols: &mut HashMap<&'a str, u64>) -> Result<(), InputError> {
+/// Names, dtype, shape and data length: cheap checks that need no pass over the values.
+fn check_structure<'a>(spec: &'a InputSpec, t: &Tensor, symbols: &mut HashMap<&'a str, u64>) -> Result<(), InputError> {
     if t.dtype != spec.dtype {
         return Err(InputError::DType { name: t.name.clone(), expected: spec.dtype, actual: t.dtype });
     }
@@ -75,6 +79,12 @@ fn check_tensor<'a>(spec: &'a InputSpec, t: &Tensor, symbols: &mut HashMap<&'a s
     if t.data.len() != expected {
         return Err(InputError::DataLength { name: t.name.clone(), expected, actual: t.data.len() });
     }
+    Ok(())
+}
+
+/// Bools are 0 or 1, floats finite, every value within the manifest's bounds.
+fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
+    let count = t.data.len() / t.dtype.size();
     if t.dtype == DType::Bool {
         if let Some(index) = t.data.iter().position(|b| *b > 1) {
             return Err(InputError::NotBool { name: t.name.clone(), index, value: t.data[index] });

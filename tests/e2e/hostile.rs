@@ -1,0 +1,167 @@
+//! Hostile models are contained: each ends as a typed error within its deadline, and the same
+//! runtime then serves a good model.
+
+use std::time::{Duration, Instant};
+
+use warden::{DType, Error, GuestErrorKind, Runtime, SandboxError, Tensor};
+use warden_tests::{Fixture, TestPublisher, assert_close, builder, manifest, root, tensors};
+
+const LOAD_TIMEOUT: Duration = Duration::from_secs(3);
+const RUN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadlines are enforced at epoch ticks; leave room for a loaded machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+struct Harness {
+    dir: tempfile::TempDir,
+    publisher: TestPublisher,
+    runtime: Runtime,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = TestPublisher::new(dir.path());
+        let runtime = builder(&dir.path().join("state"), &publisher.trust)
+            .load_timeout(LOAD_TIMEOUT)
+            .timeout(RUN_TIMEOUT)
+            .memory_limit(256 << 20)
+            .build()
+            .unwrap();
+        Harness { dir, publisher, runtime }
+    }
+
+    fn load_hostile(&self, file: &str, input: &[u64], output: &[u64]) -> warden::Result<warden::Model> {
+        let bytes = std::fs::read(root().join("tests/fixtures/hostile").join(file)).unwrap();
+        let name = file.trim_end_matches(".onnx").replace('_', "-");
+        let m = manifest(&name, &[("x", DType::F32, input)], &[("y", DType::F32, output)]);
+        let bundle = self.publisher.bundle(&self.dir.path().join("repo"), &m, &bytes);
+        self.runtime.load_bundle(bundle)
+    }
+
+    /// After each attack, a good model still loads and answers correctly.
+    fn still_serves(&self) {
+        let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+        let mut m = fixture.manifest();
+        m.name = format!("digits-{}", std::process::id());
+        let bundle = self.publisher.bundle(&self.dir.path().join("good"), &m, &fixture.model_bytes());
+        let model = self.runtime.load_bundle(bundle).unwrap();
+        let case = &fixture.cases[0];
+        let out = model.infer(tensors(&case.inputs)).unwrap();
+        assert_close(&out[1], &tensors(&case.outputs)[1], 1e-4, "digits after an attack");
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+#[test]
+fn model_that_computes_for_minutes_is_interrupted_at_the_run_deadline() {
+    let h = Harness::new();
+    let model = h.load_hostile("slow_matmul_chain.onnx", &[1, 1], &[1, 1]).unwrap();
+    let (result, took) = timed(|| model.infer(vec![Tensor::from_f32("x", &[1, 1], &[0.5])]));
+    assert!(matches!(result, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{result:?}");
+    assert!(took < RUN_TIMEOUT + SLACK, "interrupted only after {took:?}");
+    // The interrupted instance was discarded; the model itself is still there and still bounded.
+    let (again, _) = timed(|| model.infer(vec![Tensor::from_f32("x", &[1, 1], &[0.25])]));
+    assert!(matches!(again, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{again:?}");
+    h.still_serves();
+}
+
+#[test]
+fn model_whose_constant_folding_takes_minutes_is_interrupted_at_load_or_at_run() {
+    // Whether tract folds the constant chain while optimizing depends on the order its passes
+    // visit nodes (hash-map order, seeded per instance): either the load or the first run must
+    // hit its deadline.
+    let h = Harness::new();
+    let (result, took) = timed(|| h.load_hostile("slow_constant_fold.onnx", &[1, 1], &[1, 1]));
+    match result {
+        Err(Error::Sandbox(SandboxError::Timeout(t))) => {
+            assert_eq!(t, LOAD_TIMEOUT);
+            assert!(took < LOAD_TIMEOUT + SLACK, "interrupted only after {took:?}");
+        }
+        Ok(model) => {
+            let (run, took) = timed(|| model.infer(vec![Tensor::from_f32("x", &[1, 1], &[0.5])]));
+            assert!(matches!(run, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{run:?}");
+            assert!(took < RUN_TIMEOUT + SLACK, "interrupted only after {took:?}");
+        }
+        Err(other) => panic!("expected a deadline, got {other:?}"),
+    }
+    h.still_serves();
+}
+
+#[test]
+fn loading_is_bounded_by_the_load_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let fixture = Fixture::load(&root().join("models/public/ppocr_rec.reference.json"));
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let load_timeout = Duration::from_millis(50);
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).load_timeout(load_timeout).build().unwrap();
+    let (result, took) = timed(|| runtime.load_bundle(&bundle));
+    match result {
+        Err(Error::Sandbox(SandboxError::Timeout(t))) => assert_eq!(t, load_timeout),
+        other => panic!("optimizing PP-OCR in 50 ms? {other:?}"),
+    }
+    assert!(took < load_timeout + SLACK, "interrupted only after {took:?}");
+}
+
+#[test]
+fn constant_of_shape_asking_for_terabytes_is_refused() {
+    let h = Harness::new();
+    let (result, took) = timed(|| h.load_hostile("constant_of_shape_terabytes.onnx", &[1, 1], &[1_000_000, 1_000_000]));
+    // tract 0.23.9 checks the size before allocating (older tract panicked); either way, a typed
+    // error for this model only.
+    match result {
+        Err(Error::Sandbox(SandboxError::Guest { kind: GuestErrorKind::Model, message })) => {
+            assert!(message.contains("too large"), "{message}");
+        }
+        Err(Error::Sandbox(SandboxError::MemoryCap(_))) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(took < LOAD_TIMEOUT + SLACK);
+    h.still_serves();
+}
+
+#[test]
+fn gigabyte_tensors_hit_the_memory_cap_at_load_and_at_run() {
+    let h = Harness::new();
+    let (result, took) = timed(|| h.load_hostile("memory_bomb_load.onnx", &[1, 1], &[1, 1]));
+    assert!(matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20), "{result:?}");
+    assert!(took < LOAD_TIMEOUT + SLACK);
+
+    let model = h.load_hostile("memory_bomb_run.onnx", &[1, 1], &[1, 1]).unwrap();
+    for _ in 0..2 {
+        let result = model.infer(vec![Tensor::from_f32("x", &[1, 1], &[1.0])]);
+        assert!(matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20), "{result:?}");
+    }
+    h.still_serves();
+}
+
+#[test]
+fn external_data_never_reads_host_files() {
+    let h = Harness::new();
+    for file in ["external_data_passwd.onnx", "external_data_parent.onnx"] {
+        match h.load_hostile(file, &[1, 16], &[1, 16]) {
+            Err(Error::Sandbox(SandboxError::Guest { kind: GuestErrorKind::Model, message })) => {
+                assert!(!message.contains("root:"), "{file}: host file content leaked: {message}");
+            }
+            other => panic!("{file}: expected a model error, got {other:?}"),
+        }
+    }
+    h.still_serves();
+}
+
+#[test]
+fn random_and_truncated_bytes_are_model_errors() {
+    let h = Harness::new();
+    for file in ["random_bytes.onnx", "truncated.onnx"] {
+        match h.load_hostile(file, &[1, 1], &[1, 1]) {
+            Err(Error::Sandbox(SandboxError::Guest { kind: GuestErrorKind::Model, .. })) => {}
+            other => panic!("{file}: expected a model error, got {other:?}"),
+        }
+    }
+    h.still_serves();
+}

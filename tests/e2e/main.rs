@@ -1,0 +1,7 @@
+//! End-to-end tests: signed bundles through the real wasmtime sandbox running the real guest.
+#![allow(clippy::unwrap_used)]
+
+mod bundles;
+mod hostile;
+mod policy;
+mod reference;

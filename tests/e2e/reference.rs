@@ -1,0 +1,117 @@
+//! Outputs equal ONNX Runtime's (fixtures made by models/*.py) for every sample model and the
+//! public models, through signed bundles in the sandbox; and equal native tract's.
+
+use warden_tests::{Fixture, TestPublisher, assert_close, builder, root, tensors};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn check_against_onnx_runtime(fixture_path: &str) {
+    let fixture = Fixture::load(&root().join(fixture_path));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+
+    let manifest = fixture.manifest();
+    let facts = manifest
+        .inputs
+        .iter()
+        .map(|i| warden::guest::InputFact {
+            name: i.name.clone(),
+            dtype: i.dtype,
+            shape: i
+                .shape
+                .iter()
+                .map(|d| match d {
+                    warden::manifest::DimSpec::Fixed(n) => warden::guest::Dim::Fixed(*n),
+                    warden::manifest::DimSpec::Named(s) => warden::guest::Dim::Symbol(s.clone()),
+                })
+                .collect(),
+        })
+        .collect();
+    let bytes = fixture.model_bytes();
+    let mut native =
+        warden_guest::Engine::load(&warden::guest::LoadRequest { model: &bytes, inputs: facts }).unwrap();
+
+    for (i, case) in fixture.cases.iter().enumerate() {
+        let what = format!("{} case {i}", fixture.model);
+        let outputs = model.infer(tensors(&case.inputs)).unwrap();
+        let expected = tensors(&case.outputs);
+        assert_eq!(outputs.len(), expected.len(), "{what}");
+        for (got, want) in outputs.iter().zip(&expected) {
+            assert_close(got, want, TOLERANCE, &format!("{what} (sandbox vs ONNX Runtime)"));
+        }
+
+        let inputs = tensors(&case.inputs);
+        let request = warden::guest::RunRequest {
+            inputs: inputs
+                .iter()
+                .map(|t| warden::guest::TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                .collect(),
+        };
+        let native_out = native.run(&request).unwrap();
+        for (got, n) in outputs.iter().zip(&native_out) {
+            let n = warden::Tensor { name: n.name.clone(), dtype: n.dtype, shape: n.shape.clone(), data: n.data.clone() };
+            // Same tract, other kernels (wasm simd128 vs native AVX2/FMA): rounding differs slightly.
+            assert_close(got, &n, TOLERANCE, &format!("{what} (sandbox vs native tract)"));
+        }
+    }
+}
+
+#[test]
+fn digits_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/fixtures/digits.reference.json");
+}
+
+#[test]
+fn breast_cancer_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/fixtures/breast_cancer.reference.json");
+}
+
+#[test]
+fn silero_vad_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/public/silero_vad.reference.json");
+}
+
+#[test]
+fn ppocr_recognition_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/public/ppocr_rec.reference.json");
+}
+
+#[test]
+fn ppocr_orientation_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/public/ppocr_cls.reference.json");
+}
+
+/// The committed sample bundles verify with the dev trust directory, and their policy-coarsened
+/// outputs agree with ONNX Runtime: same label, top-k scores rounded to the step, others zero.
+#[test]
+fn sample_bundles_serve_with_output_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = builder(dir.path(), &root().join("models/dev-trust")).build().unwrap();
+    for name in ["digits", "breast_cancer"] {
+        let fixture = Fixture::load(&root().join(format!("models/fixtures/{name}.reference.json")));
+        let model = runtime.load_bundle(root().join(format!("models/repo/{name}/1"))).unwrap();
+        let policy = model.manifest().output_policy.clone();
+        let (k, step) = (policy.top_k.unwrap() as usize, policy.step.unwrap());
+        for case in &fixture.cases {
+            let outputs = model.infer(tensors(&case.inputs)).unwrap();
+            let expected = tensors(&case.outputs);
+            assert_eq!(outputs[0].to_i64(), expected[0].to_i64(), "{name}: label");
+            let got = outputs[1].to_f32().unwrap();
+            let want = expected[1].to_f32().unwrap();
+            let mut order: Vec<usize> = (0..want.len()).collect();
+            order.sort_by(|a, b| want[*b].total_cmp(&want[*a]));
+            for (rank, &i) in order.iter().enumerate() {
+                if rank < k {
+                    assert!((got[i] - want[i]).abs() as f64 <= step / 2.0 + 1e-6, "{name}: score {i}: {} vs {}", got[i], want[i]);
+                    let steps = f64::from(got[i]) / step;
+                    assert!((steps - steps.round()).abs() < 1e-3, "{name}: {} is not on the {step} grid", got[i]);
+                } else {
+                    assert_eq!(got[i], 0.0, "{name}: score {i} outside the top {k} must be hidden");
+                }
+            }
+        }
+    }
+}

@@ -81,7 +81,7 @@ mod tests {
         let mut t = [Tensor::from_f32("p", &[2, 4], &[0.12, 0.5, 0.31, 0.07, 0.9, 0.01, 0.02, 0.07])];
         apply_output_policy(&policy, &mut t);
         let got = t[0].to_f32().unwrap();
-        let want = [0.1, 0.5, 0.3, 0.0, 0.9, 0.0, 0.0, 0.05];
+        let want = [0.0, 0.5, 0.3, 0.0, 0.9, 0.0, 0.0, 0.05];
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{got:?}");
         }

@@ -5,3 +5,4 @@ mod bundles;
 mod hostile;
 mod policy;
 mod reference;
+mod sandbox;

@@ -30,6 +30,11 @@ pub(crate) static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/
 /// Its SHA-256, computed at build time.
 pub(crate) const GUEST_SHA256: &str = env!("WARDEN_GUEST_SHA256");
 
+/// Size of the embedded guest module in bytes.
+pub fn guest_wasm_len() -> usize {
+    GUEST_WASM.len()
+}
+
 /// Bytes of guest stdout/stderr kept for diagnostics.
 const DIAGNOSTICS_CAPACITY: usize = 64 << 10;
 /// The guest's function table has a few thousand entries; leave room.

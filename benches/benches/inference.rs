@@ -1,0 +1,77 @@
+//! Per-inference latency: Warden's sandbox (the library path: validation, wasm guest, output
+//! checks) against native tract running the same engine code, on every model with a fixture.
+//!
+//! `cargo bench -p warden-benches --bench inference`
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use warden::guest::{Dim, InputFact, LoadRequest, RunRequest, TensorRef};
+use warden::manifest::DimSpec;
+use warden_tests::{Fixture, TestPublisher, builder, root, tensors};
+
+const FIXTURES: &[&str] = &[
+    "models/fixtures/digits.reference.json",
+    "models/fixtures/breast_cancer.reference.json",
+    "models/public/silero_vad.reference.json",
+    "models/public/ppocr_cls.reference.json",
+    "models/public/ppocr_rec.reference.json",
+];
+
+fn inference(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
+    let mut group = c.benchmark_group("inference");
+    group.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for path in FIXTURES {
+        let path = root().join(path);
+        if !path.exists() {
+            eprintln!("skipping {}: run python3 models/fetch_public_models.py", path.display());
+            continue;
+        }
+        let fixture = Fixture::load(&path);
+        let manifest = fixture.manifest();
+        let bundle = publisher.bundle(&dir.path().join("repo"), &manifest, &fixture.model_bytes());
+        let model = runtime.load_bundle(&bundle).unwrap();
+        let inputs = tensors(&fixture.cases[0].inputs);
+
+        let bytes = fixture.model_bytes();
+        let facts = manifest
+            .inputs
+            .iter()
+            .map(|i| InputFact {
+                name: i.name.clone(),
+                dtype: i.dtype,
+                shape: i
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        DimSpec::Fixed(n) => Dim::Fixed(*n),
+                        DimSpec::Named(s) => Dim::Symbol(s.clone()),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut native = warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: facts }).unwrap();
+        let request = RunRequest {
+            inputs: inputs
+                .iter()
+                .map(|t| TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                .collect(),
+        };
+
+        group.bench_function(BenchmarkId::new("native_tract", &fixture.model), |b| {
+            b.iter(|| native.run(&request).unwrap())
+        });
+        warden_benches::clear_upper_simd_state();
+        group.bench_function(BenchmarkId::new("warden_sandbox", &fixture.model), |b| {
+            b.iter(|| model.infer(inputs.clone()).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, inference);
+criterion_main!(benches);

@@ -24,7 +24,15 @@ fn main() {
     let wasm = match env::var_os("WARDEN_GUEST_WASM") {
         Some(prebuilt) => PathBuf::from(prebuilt),
         None => {
-            for watched in ["guest/src", "guest/Cargo.toml", "wire/src", "wire/Cargo.toml", "Cargo.lock", "Cargo.toml", "rust-toolchain.toml"] {
+            for watched in [
+                "guest/src",
+                "guest/Cargo.toml",
+                "wire/src",
+                "wire/Cargo.toml",
+                "Cargo.lock",
+                "Cargo.toml",
+                "rust-toolchain.toml",
+            ] {
                 println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
             }
             build_guest(&workspace, &out_dir)
@@ -38,11 +46,8 @@ fn main() {
 fn build_guest(workspace: &Path, out_dir: &Path) -> PathBuf {
     ensure_target();
     // OUT_DIR is <target>/[<triple>/]<profile>/build/warden-<hash>/out.
-    let target_dir = out_dir
-        .ancestors()
-        .nth(4)
-        .expect("OUT_DIR has the layout cargo gives it")
-        .join("warden-guest");
+    let target_dir =
+        out_dir.ancestors().nth(4).expect("OUT_DIR has the layout cargo gives it").join("warden-guest");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -63,7 +68,9 @@ fn build_guest(workspace: &Path, out_dir: &Path) -> PathBuf {
         cmd.env_remove(var);
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+simd128");
-    println!("cargo:warning=building the wasm guest (tract-onnx for {TARGET}, +simd128); the first build takes a few minutes");
+    println!(
+        "cargo:warning=building the wasm guest (tract-onnx for {TARGET}, +simd128); the first build takes a few minutes"
+    );
     let status = cmd.status().expect("running cargo for the guest");
     assert!(status.success(), "building the guest failed: {status}");
     target_dir.join(TARGET).join("guest").join("warden_guest.wasm")
@@ -87,6 +94,8 @@ fn ensure_target() {
     let status = Command::new("rustup").args(["target", "add", TARGET]).status();
     match status {
         Ok(s) if s.success() => {}
-        other => panic!("`rustup target add {TARGET}` failed ({other:?}); install the target and build again"),
+        other => {
+            panic!("`rustup target add {TARGET}` failed ({other:?}); install the target and build again")
+        }
     }
 }

@@ -22,7 +22,8 @@ const FIXTURES: &[&str] = &[
 fn inference(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let publisher = TestPublisher::new(dir.path());
-    let runtime = builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
+    let runtime =
+        builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
     let mut group = c.benchmark_group("inference");
     group.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for path in FIXTURES {

@@ -2,8 +2,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use warden_wire::DType;
 use warden_wire::guest::{
-    DeclaredTensor, Dim, GuestError, GuestErrorKind, InputFact, LoadRequest, MAX_ERROR_MESSAGE,
-    ModelInfo, RunRequest, TensorRef,
+    DeclaredTensor, Dim, GuestError, GuestErrorKind, InputFact, LoadRequest, MAX_ERROR_MESSAGE, ModelInfo,
+    RunRequest, TensorRef,
 };
 
 /// A parsed, analysed and optimized model, ready to run repeatedly.
@@ -93,7 +93,10 @@ pub fn inspect(model: &[u8]) -> Result<ModelInfo, GuestError> {
                 let name = if named_by_node {
                     model.node(o.node).name.clone()
                 } else {
-                    model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone())
+                    model
+                        .outlet_label(*o)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| model.node(o.node).name.clone())
                 };
                 let shape = (!fact.shape.is_open()).then(|| {
                     fact.shape
@@ -138,10 +141,9 @@ impl Engine {
         }
         let mut inputs = Vec::with_capacity(graph_inputs.len());
         for (ix, name) in graph_inputs.iter().enumerate() {
-            let fact: &InputFact =
-                request.inputs.iter().find(|f| &f.name == name).ok_or_else(|| {
-                    error(GuestErrorKind::Model, format!("graph input {name:?} is not in the manifest"))
-                })?;
+            let fact: &InputFact = request.inputs.iter().find(|f| &f.name == name).ok_or_else(|| {
+                error(GuestErrorKind::Model, format!("graph input {name:?} is not in the manifest"))
+            })?;
             let shape: TVec<TDim> = fact
                 .shape
                 .iter()
@@ -163,10 +165,7 @@ impl Engine {
                 model.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(model_err)?;
+        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(model_err)?;
         let state = plan.spawn().map_err(model_err)?;
         Ok(Engine { state, inputs, outputs })
     }
@@ -199,7 +198,10 @@ impl Engine {
             .zip(&self.outputs)
             .map(|(t, name)| {
                 let t = if t.datum_type() == DatumType::TDim {
-                    t.cast_to_dt(DatumType::I64).map_err(|e| error(GuestErrorKind::Output, e))?.into_owned().into_tvalue()
+                    t.cast_to_dt(DatumType::I64)
+                        .map_err(|e| error(GuestErrorKind::Output, e))?
+                        .into_owned()
+                        .into_tvalue()
                 } else {
                     t
                 };
@@ -222,10 +224,7 @@ impl Engine {
 
 fn tensor_from_ref(t: &TensorRef<'_>) -> Result<Tensor, String> {
     let shape: Vec<usize> = t.shape.iter().map(|d| *d as usize).collect();
-    let len = shape
-        .iter()
-        .try_fold(t.dtype.size(), |acc, d| acc.checked_mul(*d))
-        .ok_or("shape overflows")?;
+    let len = shape.iter().try_fold(t.dtype.size(), |acc, d| acc.checked_mul(*d)).ok_or("shape overflows")?;
     if len != t.data.len() {
         return Err(format!("input {:?} has {} bytes, its shape needs {len}", t.name, t.data.len()));
     }

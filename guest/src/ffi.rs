@@ -5,8 +5,7 @@
 use std::cell::RefCell;
 
 use warden_wire::guest::{
-    ABI_VERSION, GuestError, GuestErrorKind, InspectRequest, LoadRequest, Reply, RunRequest,
-    RunResponse,
+    ABI_VERSION, GuestError, GuestErrorKind, InspectRequest, LoadRequest, Reply, RunRequest, RunResponse,
 };
 
 use crate::Engine;
@@ -28,11 +27,13 @@ fn bad_request(e: postcard::Error) -> GuestError {
 
 fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
     guest.reply.clear();
-    let bytes = postcard::to_extend(value, std::mem::take(&mut guest.reply))
-        .unwrap_or_else(|e| postcard::to_allocvec(&Reply::<()>::Err(GuestError {
+    let bytes = postcard::to_extend(value, std::mem::take(&mut guest.reply)).unwrap_or_else(|e| {
+        postcard::to_allocvec(&Reply::<()>::Err(GuestError {
             kind: GuestErrorKind::Output,
             message: format!("cannot encode reply: {e}"),
-        })).unwrap_or_default());
+        }))
+        .unwrap_or_default()
+    });
     guest.reply = bytes;
     ((guest.reply.as_ptr() as u64) << 32) | guest.reply.len() as u64
 }
@@ -84,10 +85,7 @@ pub extern "C" fn warden_run(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {
         let Guest { request: buf, reply: _, engine } = &mut *g;
         let result = match engine {
-            None => Err(GuestError {
-                kind: GuestErrorKind::NotLoaded,
-                message: "no model loaded".into(),
-            }),
+            None => Err(GuestError { kind: GuestErrorKind::NotLoaded, message: "no model loaded".into() }),
             Some(engine) => buf
                 .get(..len as usize)
                 .ok_or_else(|| GuestError {

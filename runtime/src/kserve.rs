@@ -100,7 +100,11 @@ impl RequestTensor {
         let mut values = Vec::new();
         flatten(&self.data, &mut values);
         if values.len() != count {
-            return Err(bad(format!("{} values for shape {:?} ({count} elements)", values.len(), self.shape)));
+            return Err(bad(format!(
+                "{} values for shape {:?} ({count} elements)",
+                values.len(),
+                self.shape
+            )));
         }
         let mut data = Vec::with_capacity(count * dtype.size());
         for (i, v) in values.into_iter().enumerate() {
@@ -111,19 +115,35 @@ impl RequestTensor {
                     let f = v.as_f64().ok_or_else(|| at("a number"))?;
                     data.extend_from_slice(&(f as f32).to_le_bytes());
                 }
-                DType::F64 => data.extend_from_slice(&v.as_f64().ok_or_else(|| at("a number"))?.to_le_bytes()),
-                DType::U64 => data.extend_from_slice(&v.as_u64().ok_or_else(|| at("a UINT64"))?.to_le_bytes()),
-                DType::I64 => data.extend_from_slice(&v.as_i64().ok_or_else(|| at("an INT64"))?.to_le_bytes()),
+                DType::F64 => {
+                    data.extend_from_slice(&v.as_f64().ok_or_else(|| at("a number"))?.to_le_bytes())
+                }
+                DType::U64 => {
+                    data.extend_from_slice(&v.as_u64().ok_or_else(|| at("a UINT64"))?.to_le_bytes())
+                }
+                DType::I64 => {
+                    data.extend_from_slice(&v.as_i64().ok_or_else(|| at("an INT64"))?.to_le_bytes())
+                }
                 int => {
                     let n = v.as_i64().ok_or_else(|| at("an integer"))?;
-                    let in_range = |lo: i64, hi: i64| (lo..=hi).contains(&n).then_some(n).ok_or_else(|| at(int.kserve_name()));
+                    let in_range = |lo: i64, hi: i64| {
+                        (lo..=hi).contains(&n).then_some(n).ok_or_else(|| at(int.kserve_name()))
+                    };
                     match int {
                         DType::U8 => data.push(in_range(0, u8::MAX.into())? as u8),
                         DType::I8 => data.push(in_range(i8::MIN.into(), i8::MAX.into())? as i8 as u8),
-                        DType::U16 => data.extend_from_slice(&(in_range(0, u16::MAX.into())? as u16).to_le_bytes()),
-                        DType::I16 => data.extend_from_slice(&(in_range(i16::MIN.into(), i16::MAX.into())? as i16).to_le_bytes()),
-                        DType::U32 => data.extend_from_slice(&(in_range(0, u32::MAX.into())? as u32).to_le_bytes()),
-                        _ => data.extend_from_slice(&(in_range(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes()),
+                        DType::U16 => {
+                            data.extend_from_slice(&(in_range(0, u16::MAX.into())? as u16).to_le_bytes())
+                        }
+                        DType::I16 => data.extend_from_slice(
+                            &(in_range(i16::MIN.into(), i16::MAX.into())? as i16).to_le_bytes(),
+                        ),
+                        DType::U32 => {
+                            data.extend_from_slice(&(in_range(0, u32::MAX.into())? as u32).to_le_bytes())
+                        }
+                        _ => data.extend_from_slice(
+                            &(in_range(i32::MIN.into(), i32::MAX.into())? as i32).to_le_bytes(),
+                        ),
                     }
                 }
             }
@@ -141,7 +161,8 @@ impl ResponseTensor {
                 DType::Bool => Value::Bool(t.data.get(i).is_some_and(|b| *b != 0)),
                 DType::F32 | DType::F64 => t.value_f64(i).map_or(Value::Null, |f| {
                     // Shortest decimal that reads back as the same f32 (0.01, not 0.009999999776482582).
-                    let f = if t.dtype == DType::F32 { (f as f32).to_string().parse().unwrap_or(f) } else { f };
+                    let f =
+                        if t.dtype == DType::F32 { (f as f32).to_string().parse().unwrap_or(f) } else { f };
                     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
                 }),
                 DType::I64 => t.to_i64_at(i).map_or(Value::Null, Value::from),
@@ -149,7 +170,12 @@ impl ResponseTensor {
                 _ => t.value_f64(i).map_or(Value::Null, |f| Value::from(f as i64)),
             })
             .collect();
-        ResponseTensor { name: t.name.clone(), shape: t.shape.clone(), datatype: t.dtype.kserve_name().into(), data }
+        ResponseTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            datatype: t.dtype.kserve_name().into(),
+            data,
+        }
     }
 }
 

@@ -24,8 +24,8 @@ pub mod trust;
 pub use error::{BundleError, Error, InputError, KeyError, Result, SandboxError};
 pub use runtime::{Model, Progress, Runtime, RuntimeBuilder, default_cache_dir, default_state_dir};
 pub use tensor::Tensor;
-pub use warden_wire::{DType, guest::GuestErrorKind, manifest};
 /// The shared formats crate, re-exported.
 pub use warden_wire as wire;
 /// The host <-> guest contract types.
 pub use warden_wire::guest;
+pub use warden_wire::{DType, guest::GuestErrorKind, manifest};

@@ -250,7 +250,8 @@ impl Runtime {
     fn load_verified(&self, bundle: VerifiedBundle) -> Result<Model> {
         let m = &bundle.manifest;
         let limits = &m.limits;
-        let timeout = limits.timeout_ms.map_or(self.timeout, |ms| Duration::from_millis(ms).min(self.timeout));
+        let timeout =
+            limits.timeout_ms.map_or(self.timeout, |ms| Duration::from_millis(ms).min(self.timeout));
         let memory_limit = limits
             .max_memory_mib
             .and_then(|mib| usize::try_from(mib.saturating_mul(1 << 20)).ok())
@@ -314,7 +315,10 @@ struct ModelInner {
 impl ModelInner {
     fn new_instance(&self) -> Result<GuestInstance, SandboxError> {
         let mut instance = self.sandbox.instantiate(self.memory_limit, self.load_timeout)?;
-        instance.load(&LoadRequest { model: &self.bundle.model, inputs: self.facts.clone() }, self.load_timeout)?;
+        instance.load(
+            &LoadRequest { model: &self.bundle.model, inputs: self.facts.clone() },
+            self.load_timeout,
+        )?;
         Ok(instance)
     }
 

@@ -68,7 +68,18 @@ fn publish_verify_and_infer_a_model_from_scratch() {
     std::fs::copy(format!("{key}.pub"), cli.path("trust/acme.pub")).unwrap();
     let model = root().join("models/repo/digits/1/model.onnx");
     let bundle = cli.path("repo/digits/3");
-    cli.ok(&["model", "init", "--model", model.to_str().unwrap(), "--name", "digits", "--version", "3", "--out", &bundle]);
+    cli.ok(&[
+        "model",
+        "init",
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "digits",
+        "--version",
+        "3",
+        "--out",
+        &bundle,
+    ]);
     let manifest = std::fs::read_to_string(format!("{bundle}/manifest.toml")).unwrap();
     assert!(manifest.contains("shape = [1, 64]") && manifest.contains("top_k = 3"), "{manifest}");
     assert!(!manifest.contains("dangerous_full_precision = true"));
@@ -83,7 +94,8 @@ fn publish_verify_and_infer_a_model_from_scratch() {
     assert!(inspected.contains("model.onnx: matches the manifest"), "{inspected}");
 
     let request = root().join("models/requests/digits.json");
-    let response = cli.ok(&["infer", "--trust", &cli.path("trust"), &bundle, "--input", request.to_str().unwrap()]);
+    let response =
+        cli.ok(&["infer", "--trust", &cli.path("trust"), &bundle, "--input", request.to_str().unwrap()]);
     let response: serde_json::Value = serde_json::from_str(&response).unwrap();
     assert_eq!(response["model_name"], "digits");
     assert_eq!(response["model_version"], "3");
@@ -97,7 +109,8 @@ fn publish_verify_and_infer_a_model_from_scratch() {
     let mut bytes = std::fs::read(format!("{bundle}/model.onnx")).unwrap();
     bytes[100] ^= 1;
     std::fs::write(format!("{bundle}/model.onnx"), bytes).unwrap();
-    let (code, line) = cli.refused(&["infer", "--trust", &cli.path("trust"), &bundle, "--input", request.to_str().unwrap()]);
+    let (code, line) =
+        cli.refused(&["infer", "--trust", &cli.path("trust"), &bundle, "--input", request.to_str().unwrap()]);
     assert_eq!(code, 3);
     assert!(line.contains("digest mismatch"), "{line}");
 }
@@ -117,13 +130,17 @@ fn refusals_have_distinct_exit_codes_and_one_line_reasons() {
     };
     let out_of_bounds = write(
         "oob.json",
-        &format!(r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}99]}}]}}"#, "1,".repeat(63)),
+        &format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}99]}}]}}"#,
+            "1,".repeat(63)
+        ),
     );
     let (code, line) = cli.refused(&["infer", "--trust", trust, bundle, "--input", &out_of_bounds]);
     assert_eq!(code, 4, "{line}");
     assert!(line.contains("outside [0, 16]"), "{line}");
 
-    let wrong_type = write("int.json", r#"{"inputs":[{"name":"input","shape":[1,2],"datatype":"INT64","data":[1,2.5]}]}"#);
+    let wrong_type =
+        write("int.json", r#"{"inputs":[{"name":"input","shape":[1,2],"datatype":"INT64","data":[1,2.5]}]}"#);
     let (code, line) = cli.refused(&["infer", "--trust", trust, bundle, "--input", &wrong_type]);
     assert_eq!(code, 4, "{line}");
 

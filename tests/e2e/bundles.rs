@@ -76,7 +76,10 @@ fn unknown_revoked_and_missing_signatures_are_refused() {
 
     std::fs::remove_file(bundle.join(SIGNATURE_FILE)).unwrap();
     let trust = TrustStore::load(&stranger.trust).unwrap();
-    assert!(matches!(refusal(verify_bundle(&bundle, &trust)), BundleError::Unreadable { file: SIGNATURE_FILE, .. }));
+    assert!(matches!(
+        refusal(verify_bundle(&bundle, &trust)),
+        BundleError::Unreadable { file: SIGNATURE_FILE, .. }
+    ));
 }
 
 #[test]

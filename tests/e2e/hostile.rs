@@ -99,7 +99,8 @@ fn loading_is_bounded_by_the_load_deadline() {
     let fixture = Fixture::load(&root().join("models/public/ppocr_rec.reference.json"));
     let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
     let load_timeout = Duration::from_millis(50);
-    let runtime = builder(&dir.path().join("state"), &publisher.trust).load_timeout(load_timeout).build().unwrap();
+    let runtime =
+        builder(&dir.path().join("state"), &publisher.trust).load_timeout(load_timeout).build().unwrap();
     let (result, took) = timed(|| runtime.load_bundle(&bundle));
     match result {
         Err(Error::Sandbox(SandboxError::Timeout(t))) => assert_eq!(t, load_timeout),
@@ -111,7 +112,8 @@ fn loading_is_bounded_by_the_load_deadline() {
 #[test]
 fn constant_of_shape_asking_for_terabytes_is_refused() {
     let h = Harness::new();
-    let (result, took) = timed(|| h.load_hostile("constant_of_shape_terabytes.onnx", &[1, 1], &[1_000_000, 1_000_000]));
+    let (result, took) =
+        timed(|| h.load_hostile("constant_of_shape_terabytes.onnx", &[1, 1], &[1_000_000, 1_000_000]));
     // tract 0.23.9 checks the size before allocating (older tract panicked); either way, a typed
     // error for this model only.
     match result {
@@ -129,13 +131,19 @@ fn constant_of_shape_asking_for_terabytes_is_refused() {
 fn gigabyte_tensors_hit_the_memory_cap_at_load_and_at_run() {
     let h = Harness::new();
     let (result, took) = timed(|| h.load_hostile("memory_bomb_load.onnx", &[1, 1], &[1, 1]));
-    assert!(matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20),
+        "{result:?}"
+    );
     assert!(took < LOAD_TIMEOUT + SLACK);
 
     let model = h.load_hostile("memory_bomb_run.onnx", &[1, 1], &[1, 1]).unwrap();
     for _ in 0..2 {
         let result = model.infer(vec![Tensor::from_f32("x", &[1, 1], &[1.0])]);
-        assert!(matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20), "{result:?}");
+        assert!(
+            matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20),
+            "{result:?}"
+        );
     }
     h.still_serves();
 }

@@ -27,20 +27,38 @@ fn nan_bounds_shape_dtype_and_names_are_refused_before_the_guest_runs() {
 
     let mut nan = good.clone();
     nan[5] = f32::NAN;
-    assert_eq!(refused(&model, vec![Tensor::from_f32("input", &[1, 64], &nan)]), InputError::NotFinite { name: "input".into(), index: 5 });
+    assert_eq!(
+        refused(&model, vec![Tensor::from_f32("input", &[1, 64], &nan)]),
+        InputError::NotFinite { name: "input".into(), index: 5 }
+    );
     let mut inf = good.clone();
     inf[0] = f32::INFINITY;
-    assert!(matches!(refused(&model, vec![Tensor::from_f32("input", &[1, 64], &inf)]), InputError::NotFinite { index: 0, .. }));
+    assert!(matches!(
+        refused(&model, vec![Tensor::from_f32("input", &[1, 64], &inf)]),
+        InputError::NotFinite { index: 0, .. }
+    ));
 
     let mut high = good.clone();
     high[63] = 16.5;
-    assert!(matches!(refused(&model, vec![Tensor::from_f32("input", &[1, 64], &high)]), InputError::OutOfBounds { index: 63, .. }));
+    assert!(matches!(
+        refused(&model, vec![Tensor::from_f32("input", &[1, 64], &high)]),
+        InputError::OutOfBounds { index: 63, .. }
+    ));
     let mut low = good.clone();
     low[1] = -0.1;
-    assert!(matches!(refused(&model, vec![Tensor::from_f32("input", &[1, 64], &low)]), InputError::OutOfBounds { index: 1, .. }));
+    assert!(matches!(
+        refused(&model, vec![Tensor::from_f32("input", &[1, 64], &low)]),
+        InputError::OutOfBounds { index: 1, .. }
+    ));
 
-    assert!(matches!(refused(&model, vec![Tensor::from_f32("input", &[64, 1], &good)]), InputError::Shape { .. }));
-    assert!(matches!(refused(&model, vec![Tensor::from_f32("input", &[1, 32], &good[..32])]), InputError::Shape { .. }));
+    assert!(matches!(
+        refused(&model, vec![Tensor::from_f32("input", &[64, 1], &good)]),
+        InputError::Shape { .. }
+    ));
+    assert!(matches!(
+        refused(&model, vec![Tensor::from_f32("input", &[1, 32], &good[..32])]),
+        InputError::Shape { .. }
+    ));
     let as_f64: Vec<f64> = good.iter().map(|v| f64::from(*v)).collect();
     assert!(matches!(
         refused(&model, vec![Tensor::from_f64("input", &[1, 64], &as_f64)]),
@@ -67,14 +85,20 @@ fn nan_bounds_shape_dtype_and_names_are_refused_before_the_guest_runs() {
 fn per_feature_bounds_apply_along_the_last_axis() {
     let (_dir, runtime) = digits();
     let model = runtime.load_bundle(root().join("models/repo/breast_cancer/1")).unwrap();
-    let request = warden::kserve::InferRequest::from_json(&std::fs::read(root().join("models/requests/breast_cancer.json")).unwrap()).unwrap();
+    let request = warden::kserve::InferRequest::from_json(
+        &std::fs::read(root().join("models/requests/breast_cancer.json")).unwrap(),
+    )
+    .unwrap();
     let good = request.tensors().unwrap();
     model.infer(good.clone()).unwrap();
     // Feature 4 (smoothness) is bounded by 0.3268; 1.0 is fine for feature 0 but not for 4.
     let mut values = good[0].to_f32().unwrap();
     values[4] = 1.0;
     let err = refused(&model, vec![Tensor::from_f32("input", &[1, 30], &values)]);
-    assert!(matches!(err, InputError::OutOfBounds { index: 4, max, .. } if (max - 0.3268).abs() < 1e-9), "{err:?}");
+    assert!(
+        matches!(err, InputError::OutOfBounds { index: 4, max, .. } if (max - 0.3268).abs() < 1e-9),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -47,12 +47,22 @@ fn check_against_onnx_runtime(fixture_path: &str) {
         let request = warden::guest::RunRequest {
             inputs: inputs
                 .iter()
-                .map(|t| warden::guest::TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                .map(|t| warden::guest::TensorRef {
+                    name: &t.name,
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data: &t.data,
+                })
                 .collect(),
         };
         let native_out = native.run(&request).unwrap();
         for (got, n) in outputs.iter().zip(&native_out) {
-            let n = warden::Tensor { name: n.name.clone(), dtype: n.dtype, shape: n.shape.clone(), data: n.data.clone() };
+            let n = warden::Tensor {
+                name: n.name.clone(),
+                dtype: n.dtype,
+                shape: n.shape.clone(),
+                data: n.data.clone(),
+            };
             // Same tract, other kernels (wasm simd128 vs native AVX2/FMA): rounding differs slightly.
             assert_close(got, &n, TOLERANCE, &format!("{what} (sandbox vs native tract)"));
         }
@@ -105,9 +115,18 @@ fn sample_bundles_serve_with_output_policy() {
             order.sort_by(|a, b| want[*b].total_cmp(&want[*a]));
             for (rank, &i) in order.iter().enumerate() {
                 if rank < k {
-                    assert!((got[i] - want[i]).abs() as f64 <= step / 2.0 + 1e-6, "{name}: score {i}: {} vs {}", got[i], want[i]);
+                    assert!(
+                        (got[i] - want[i]).abs() as f64 <= step / 2.0 + 1e-6,
+                        "{name}: score {i}: {} vs {}",
+                        got[i],
+                        want[i]
+                    );
                     let steps = f64::from(got[i]) / step;
-                    assert!((steps - steps.round()).abs() < 1e-3, "{name}: {} is not on the {step} grid", got[i]);
+                    assert!(
+                        (steps - steps.round()).abs() < 1e-3,
+                        "{name}: {} is not on the {step} grid",
+                        got[i]
+                    );
                 } else {
                     assert_eq!(got[i], 0.0, "{name}: score {i} outside the top {k} must be hidden");
                 }

@@ -23,7 +23,8 @@ fn corrupted_compiled_guest_is_detected_and_recompiled() {
         }
     }
     assert!(copied >= 1);
-    let start = |state: &str| Runtime::builder().cache_dir(&cache).state_dir(dir.path().join(state)).build().unwrap();
+    let start =
+        |state: &str| Runtime::builder().cache_dir(&cache).state_dir(dir.path().join(state)).build().unwrap();
     assert_eq!(start("a").guest_compile().0, CompileOutcome::CacheHit);
 
     for entry in std::fs::read_dir(&cache).unwrap() {

@@ -87,7 +87,10 @@ pub fn manifest(name: &str, inputs: &[(&str, DType, &[u64])], outputs: &[(&str, 
             .iter()
             .map(|(n, d, s)| InputSpec { name: (*n).into(), dtype: *d, shape: spec(s), min: None, max: None })
             .collect(),
-        outputs: outputs.iter().map(|(n, d, s)| OutputSpec { name: (*n).into(), dtype: *d, shape: spec(s) }).collect(),
+        outputs: outputs
+            .iter()
+            .map(|(n, d, s)| OutputSpec { name: (*n).into(), dtype: *d, shape: spec(s) })
+            .collect(),
         output_policy: OutputPolicy { top_k: None, step: None, dangerous_full_precision: true },
         limits: Limits { max_input_bytes: Some(64 << 20), ..Limits::default() },
     }
@@ -117,7 +120,10 @@ impl Fixture {
     /// Loads a fixture; panics with a hint if it is missing.
     pub fn load(path: &Path) -> Fixture {
         let text = std::fs::read(path).unwrap_or_else(|e| {
-            panic!("{}: {e}; run `python3 models/fetch_public_models.py` (scripts/test.sh does)", path.display())
+            panic!(
+                "{}: {e}; run `python3 models/fetch_public_models.py` (scripts/test.sh does)",
+                path.display()
+            )
         });
         serde_json::from_slice(&text).unwrap()
     }
@@ -131,7 +137,9 @@ impl Fixture {
     pub fn manifest(&self) -> Manifest {
         let case = &self.cases[0];
         let io = |ts: &[RequestTensor]| -> Vec<(String, DType, Vec<u64>)> {
-            ts.iter().map(|t| (t.name.clone(), DType::from_kserve_name(&t.datatype).unwrap(), t.shape.clone())).collect()
+            ts.iter()
+                .map(|t| (t.name.clone(), DType::from_kserve_name(&t.datatype).unwrap(), t.shape.clone()))
+                .collect()
         };
         let (i, o) = (io(&case.inputs), io(&case.outputs));
         manifest(

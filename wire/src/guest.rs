@@ -164,8 +164,7 @@ mod tests {
         let bytes = postcard::to_allocvec(&req).unwrap();
         let back: RunRequest<'_> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, req);
-        let reply: Reply<()> =
-            Err(GuestError { kind: GuestErrorKind::Model, message: "bad".to_string() });
+        let reply: Reply<()> = Err(GuestError { kind: GuestErrorKind::Model, message: "bad".to_string() });
         let bytes = postcard::to_allocvec(&reply).unwrap();
         assert_eq!(postcard::from_bytes::<Reply<()>>(&bytes).unwrap(), reply);
     }

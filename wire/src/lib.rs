@@ -3,6 +3,8 @@
 //! * [`DType`]: tensor element types, with their KServe v2 names.
 //! * [`guest`]: the typed, versioned host <-> guest contract (postcard messages).
 //! * [`manifest`]: the signed model manifest.
+//! * [`reading`]: signed sensor readings and their COBS frames (no heap needed).
+//! * [`provision`]: the device key blob written to a board's key flash page.
 //! * [`signing`]: domain-separation contexts, so a signature made for one purpose never verifies
 //!   for another.
 //!
@@ -19,6 +21,8 @@ mod dtype;
 pub mod guest;
 #[cfg(feature = "alloc")]
 pub mod manifest;
+pub mod provision;
+pub mod reading;
 pub mod signing;
 
 pub use dtype::DType;

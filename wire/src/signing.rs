@@ -7,6 +7,10 @@
 /// Context for a model bundle signature: the payload is the exact bytes of `manifest.toml`.
 pub const MODEL_MANIFEST_CONTEXT: &[u8] = b"warden/model-manifest/v1\0";
 
+/// Context for a sensor reading signature: the payload is format, key id and the postcard bytes
+/// of the reading (see [`crate::reading`]).
+pub const READING_CONTEXT: &[u8] = b"warden/sensor-reading/v1\0";
+
 /// Magic bytes that start a `manifest.sig` file (format version 1).
 pub const MANIFEST_SIG_MAGIC: &[u8; 8] = b"WRDNSIG1";
 

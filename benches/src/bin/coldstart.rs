@@ -34,8 +34,19 @@ fn main() {
     println!("runtime start, guest from cache:          median {:?} of {runs}", median(cached));
 
     let cache = dir.path().join("cache-0");
-    let runtime = Runtime::builder().cache_dir(&cache).state_dir(dir.path().join("s")).trust_dir(&publisher.trust).build().unwrap();
-    for name in ["models/fixtures/digits", "models/fixtures/breast_cancer", "models/public/silero_vad", "models/public/ppocr_cls", "models/public/ppocr_rec"] {
+    let runtime = Runtime::builder()
+        .cache_dir(&cache)
+        .state_dir(dir.path().join("s"))
+        .trust_dir(&publisher.trust)
+        .build()
+        .unwrap();
+    for name in [
+        "models/fixtures/digits",
+        "models/fixtures/breast_cancer",
+        "models/public/silero_vad",
+        "models/public/ppocr_cls",
+        "models/public/ppocr_rec",
+    ] {
         let path = root().join(format!("{name}.reference.json"));
         if !path.exists() {
             continue;
@@ -50,6 +61,10 @@ fn main() {
             drop(runtime.load_bundle(&bundle).unwrap());
             times.push(t.elapsed());
         }
-        println!("load {:<14} (verify + parse + optimize in the sandbox): median {:?}", fixture.model, median(times));
+        println!(
+            "load {:<14} (verify + parse + optimize in the sandbox): median {:?}",
+            fixture.model,
+            median(times)
+        );
     }
 }

@@ -111,7 +111,10 @@ impl Global {
         let runtime = b.build();
         if let Some(bar) = spinner.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let took = runtime.as_ref().map(|r| r.guest_compile().1).unwrap_or_default();
-            bar.finish_with_message(format!("compiled the sandboxed inference engine in {:.1} s", took.as_secs_f64()));
+            bar.finish_with_message(format!(
+                "compiled the sandboxed inference engine in {:.1} s",
+                took.as_secs_f64()
+            ));
         }
         Ok(runtime?)
     }

@@ -5,7 +5,9 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use warden::guest::{DeclaredTensor, Dim};
-use warden::trust::{MANIFEST_FILE, MODEL_FILE, PublisherKey, SIGNATURE_FILE, TrustStore, sign_bundle, verify_bundle};
+use warden::trust::{
+    MANIFEST_FILE, MODEL_FILE, PublisherKey, SIGNATURE_FILE, TrustStore, sign_bundle, verify_bundle,
+};
 
 use super::Global;
 
@@ -62,11 +64,21 @@ pub(super) fn run(global: &Global, cmd: ModelCommand) -> Result<()> {
             }
             let runtime = global.runtime(None)?;
             let info = runtime.inspect_onnx(&bytes)?;
-            let manifest = draft_manifest(&name, version, &bytes, &info.inputs, &info.outputs, dangerous_full_precision)?;
+            let manifest = draft_manifest(
+                &name,
+                version,
+                &bytes,
+                &info.inputs,
+                &info.outputs,
+                dangerous_full_precision,
+            )?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             std::fs::write(out.join(MODEL_FILE), &bytes)?;
             std::fs::write(out.join(MANIFEST_FILE), manifest)?;
-            println!("wrote {}/{{{MODEL_FILE},{MANIFEST_FILE}}}; edit the manifest, then `warden model sign`", out.display());
+            println!(
+                "wrote {}/{{{MODEL_FILE},{MANIFEST_FILE}}}; edit the manifest, then `warden model sign`",
+                out.display()
+            );
             Ok(())
         }
         ModelCommand::Sign { key, model_dir } => {
@@ -79,22 +91,36 @@ pub(super) fn run(global: &Global, cmd: ModelCommand) -> Result<()> {
             let trust = TrustStore::load(&trust)?;
             let bundle = verify_bundle(&bundle_dir, &trust)?;
             let m = &bundle.manifest;
-            println!("OK {} version {} sha256 {} signed by {}", m.name, m.version, m.model_sha256, bundle.key_id);
+            println!(
+                "OK {} version {} sha256 {} signed by {}",
+                m.name, m.version, m.model_sha256, bundle.key_id
+            );
             Ok(())
         }
         ModelCommand::Inspect { bundle_dir } => {
             let text = std::fs::read_to_string(bundle_dir.join(MANIFEST_FILE))
                 .with_context(|| format!("reading {}", bundle_dir.join(MANIFEST_FILE).display()))?;
-            let manifest: warden::manifest::Manifest = toml::from_str(&text).context("parsing the manifest")?;
+            let manifest: warden::manifest::Manifest =
+                toml::from_str(&text).context("parsing the manifest")?;
             let signer = std::fs::read(bundle_dir.join(SIGNATURE_FILE))
                 .ok()
                 .and_then(|b| warden::wire::signing::ManifestSignature::from_bytes(&b))
-                .map_or_else(|| "unsigned or malformed signature".to_string(), |s| format!("key id {}", hex::encode(s.key_id)));
+                .map_or_else(
+                    || "unsigned or malformed signature".to_string(),
+                    |s| format!("key id {}", hex::encode(s.key_id)),
+                );
             let digest = std::fs::read(bundle_dir.join(MODEL_FILE))
                 .map(|b| hex::encode(Sha256::digest(&b)))
-                .map_or_else(|e| format!("unreadable ({e})"), |d| {
-                    if d == manifest.model_sha256 { "matches the manifest".into() } else { format!("MISMATCH (file is {d})") }
-                });
+                .map_or_else(
+                    |e| format!("unreadable ({e})"),
+                    |d| {
+                        if d == manifest.model_sha256 {
+                            "matches the manifest".into()
+                        } else {
+                            format!("MISMATCH (file is {d})")
+                        }
+                    },
+                );
             println!("{} version {}", manifest.name, manifest.version);
             println!("  signature: {signer} (not checked against any trust directory)");
             println!("  model.onnx: {digest}");
@@ -118,7 +144,9 @@ pub(super) fn run(global: &Global, cmd: ModelCommand) -> Result<()> {
 }
 
 fn shape_toml(t: &DeclaredTensor) -> Result<(String, Option<u64>)> {
-    let Some(shape) = &t.shape else { bail!("{:?} declares no shape; write one in the manifest by hand", t.name) };
+    let Some(shape) = &t.shape else {
+        bail!("{:?} declares no shape; write one in the manifest by hand", t.name)
+    };
     let mut elements = Some(1u64);
     let dims: Vec<String> = shape
         .iter()
@@ -128,7 +156,9 @@ fn shape_toml(t: &DeclaredTensor) -> Result<(String, Option<u64>)> {
                 elements = elements.and_then(|e| e.checked_mul(*n));
                 n.to_string()
             }
-            Some(Dim::Symbol(s)) if s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !s.is_empty() => {
+            Some(Dim::Symbol(s))
+                if s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !s.is_empty() =>
+            {
                 elements = None;
                 format!("{s:?}")
             }
@@ -150,8 +180,14 @@ fn draft_manifest(
     dangerous_full_precision: bool,
 ) -> Result<String> {
     let mut s = String::new();
-    writeln!(s, "# Warden model manifest, drafted by `warden model init` from the model's declared interface.")?;
-    writeln!(s, "# Review every field, then sign with `warden model sign`; the signature covers this exact file.")?;
+    writeln!(
+        s,
+        "# Warden model manifest, drafted by `warden model init` from the model's declared interface."
+    )?;
+    writeln!(
+        s,
+        "# Review every field, then sign with `warden model sign`; the signature covers this exact file."
+    )?;
     writeln!(s, "format = 1")?;
     writeln!(s, "name = {name:?}")?;
     writeln!(s, "version = {version}")?;
@@ -175,10 +211,16 @@ fn draft_manifest(
         writeln!(s, "# Full-precision outputs leave the host: this makes model extraction much easier.")?;
         writeln!(s, "dangerous_full_precision = true")?;
     } else {
-        writeln!(s, "# Only the top_k largest scores per row are reported (others as 0), rounded to `step`.")?;
+        writeln!(
+            s,
+            "# Only the top_k largest scores per row are reported (others as 0), rounded to `step`."
+        )?;
         writeln!(s, "top_k = 3\nstep = 0.01")?;
     }
-    writeln!(s, "\n[limits]\nrequests_per_minute = 600\nburst = 60\ntimeout_ms = 2000\nmax_memory_mib = 256")?;
+    writeln!(
+        s,
+        "\n[limits]\nrequests_per_minute = 600\nburst = 60\ntimeout_ms = 2000\nmax_memory_mib = 256"
+    )?;
     match input_bytes {
         Some(b) => writeln!(s, "max_input_bytes = {b}")?,
         None => writeln!(s, "max_input_bytes = 4194304")?,

@@ -46,7 +46,8 @@ pub fn check_outputs(manifest: &Manifest, outputs: Vec<Tensor>) -> Result<Vec<Te
 /// (labels) pass unchanged. With `dangerous_full_precision` and no `top_k`/`step`, nothing changes.
 pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
     for t in outputs.iter_mut().filter(|t| t.dtype.is_float()) {
-        let mut values: Vec<f64> = (0..element_count(&t.shape).unwrap_or(0)).filter_map(|i| t.value_f64(i)).collect();
+        let mut values: Vec<f64> =
+            (0..element_count(&t.shape).unwrap_or(0)).filter_map(|i| t.value_f64(i)).collect();
         if let (Some(k), Some(&row)) = (policy.top_k, t.shape.last()) {
             let (k, row) = (k as usize, row as usize);
             if row > k {

@@ -23,7 +23,11 @@ pub(crate) fn render_shape(shape: &[DimSpec]) -> String {
 /// Checks a request's tensors against the manifest's input specs and returns them in manifest
 /// order: names (each exactly once), dtypes, shapes (named dims consistent across inputs),
 /// data length, total size, finite floats, bools, and per-feature bounds.
-pub fn validate_inputs(manifest: &Manifest, mut inputs: Vec<Tensor>, host_cap: u64) -> Result<Vec<Tensor>, InputError> {
+pub fn validate_inputs(
+    manifest: &Manifest,
+    mut inputs: Vec<Tensor>,
+    host_cap: u64,
+) -> Result<Vec<Tensor>, InputError> {
     for (i, t) in inputs.iter().enumerate() {
         if inputs[..i].iter().any(|o| o.name == t.name) {
             return Err(InputError::Duplicate(t.name.clone()));
@@ -48,18 +52,23 @@ pub fn validate_inputs(manifest: &Manifest, mut inputs: Vec<Tensor>, host_cap: u
     if total > limit {
         return Err(InputError::TooLarge { actual: total, limit });
     }
-    ordered
-        .into_iter()
-        .map(|(spec, t)| check_values(spec, &t).map(|()| t))
-        .collect()
+    ordered.into_iter().map(|(spec, t)| check_values(spec, &t).map(|()| t)).collect()
 }
 
 /// Names, dtype, shape and data length: cheap checks that need no pass over the values.
-fn check_structure<'a>(spec: &'a InputSpec, t: &Tensor, symbols: &mut HashMap<&'a str, u64>) -> Result<(), InputError> {
+fn check_structure<'a>(
+    spec: &'a InputSpec,
+    t: &Tensor,
+    symbols: &mut HashMap<&'a str, u64>,
+) -> Result<(), InputError> {
     if t.dtype != spec.dtype {
         return Err(InputError::DType { name: t.name.clone(), expected: spec.dtype, actual: t.dtype });
     }
-    let shape_err = || InputError::Shape { name: t.name.clone(), expected: render_shape(&spec.shape), actual: t.shape.clone() };
+    let shape_err = || InputError::Shape {
+        name: t.name.clone(),
+        expected: render_shape(&spec.shape),
+        actual: t.shape.clone(),
+    };
     if t.shape.len() != spec.shape.len() {
         return Err(shape_err());
     }
@@ -107,7 +116,8 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
             return Err(InputError::NotFinite { name: t.name.clone(), index });
         }
         if bounded {
-            let (min, max) = (bound(&spec.min, index, f64::NEG_INFINITY), bound(&spec.max, index, f64::INFINITY));
+            let (min, max) =
+                (bound(&spec.min, index, f64::NEG_INFINITY), bound(&spec.max, index, f64::INFINITY));
             if value < min || value > max {
                 return Err(InputError::OutOfBounds { name: t.name.clone(), index, value, min, max });
             }

@@ -66,12 +66,16 @@ pub(crate) fn load_or_compile(
         if let Ok(file) = std::fs::read(path) {
             match deserialize_checked(engine, &file) {
                 Ok(module) => return Ok((module, CompileOutcome::CacheHit, started.elapsed())),
-                Err(reason) => tracing::warn!(path = %path.display(), %reason, "ignoring the cached guest; recompiling"),
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "ignoring the cached guest; recompiling")
+                }
             }
         }
     }
     on_compile();
-    let body = engine.precompile_module(wasm).map_err(|e| SandboxError::Setup(format!("compiling the guest: {e:#}")))?;
+    let body = engine
+        .precompile_module(wasm)
+        .map_err(|e| SandboxError::Setup(format!("compiling the guest: {e:#}")))?;
     if let (Some(path), Some(dir)) = (&path, cache_dir) {
         let mut file = Sha256::digest(&body).to_vec();
         file.extend_from_slice(&body);

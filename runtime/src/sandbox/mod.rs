@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
+use warden_wire::guest::{
+    ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
+};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap, TypedFunc,
@@ -16,9 +19,6 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use warden_wire::guest::{
-    ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
-};
 
 pub use cache::CompileOutcome;
 
@@ -97,7 +97,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.hit_memory_cap = true;
             return Ok(false);
@@ -105,7 +110,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS)
     }
 }
@@ -137,8 +147,13 @@ impl Sandbox {
             wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm_config).map_err(setup)?;
-        let (module, outcome, elapsed) =
-            cache::load_or_compile(&engine, GUEST_WASM, GUEST_SHA256, config.cache_dir.as_deref(), on_compile)?;
+        let (module, outcome, elapsed) = cache::load_or_compile(
+            &engine,
+            GUEST_WASM,
+            GUEST_SHA256,
+            config.cache_dir.as_deref(),
+            on_compile,
+        )?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
         let pre = linker.instantiate_pre(&module).map_err(setup)?;
@@ -168,7 +183,11 @@ impl Sandbox {
     }
 
     /// A fresh guest instance with no model loaded, capped at `memory_limit` bytes.
-    pub(crate) fn instantiate(&self, memory_limit: usize, timeout: Duration) -> Result<GuestInstance, SandboxError> {
+    pub(crate) fn instantiate(
+        &self,
+        memory_limit: usize,
+        timeout: Duration,
+    ) -> Result<GuestInstance, SandboxError> {
         let stderr = MemoryOutputPipe::new(DIAGNOSTICS_CAPACITY);
         let wasi = WasiCtxBuilder::new()
             .stdout(MemoryOutputPipe::new(DIAGNOSTICS_CAPACITY))
@@ -184,19 +203,27 @@ impl Sandbox {
         let contract = |what: &str| SandboxError::Contract(format!("the guest does not export {what}"));
         let memory = instance.get_memory(&mut guest.store, "memory").ok_or_else(|| contract("memory"))?;
         let init = instance.get_typed_func::<(), ()>(&mut guest.store, "_initialize").ok();
-        let version: TypedFunc<(), u32> =
-            instance.get_typed_func(&mut guest.store, "warden_abi_version").map_err(|_| contract("warden_abi_version"))?;
-        let reserve = instance.get_typed_func(&mut guest.store, "warden_reserve").map_err(|_| contract("warden_reserve"))?;
-        let load = instance.get_typed_func(&mut guest.store, "warden_load").map_err(|_| contract("warden_load"))?;
-        let run = instance.get_typed_func(&mut guest.store, "warden_run").map_err(|_| contract("warden_run"))?;
-        let inspect =
-            instance.get_typed_func(&mut guest.store, "warden_inspect").map_err(|_| contract("warden_inspect"))?;
+        let version: TypedFunc<(), u32> = instance
+            .get_typed_func(&mut guest.store, "warden_abi_version")
+            .map_err(|_| contract("warden_abi_version"))?;
+        let reserve = instance
+            .get_typed_func(&mut guest.store, "warden_reserve")
+            .map_err(|_| contract("warden_reserve"))?;
+        let load =
+            instance.get_typed_func(&mut guest.store, "warden_load").map_err(|_| contract("warden_load"))?;
+        let run =
+            instance.get_typed_func(&mut guest.store, "warden_run").map_err(|_| contract("warden_run"))?;
+        let inspect = instance
+            .get_typed_func(&mut guest.store, "warden_inspect")
+            .map_err(|_| contract("warden_inspect"))?;
         if let Some(init) = init {
             init.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
         }
         let abi = version.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
         if abi != ABI_VERSION {
-            return Err(SandboxError::Contract(format!("guest contract version {abi}, host speaks {ABI_VERSION}")));
+            return Err(SandboxError::Contract(format!(
+                "guest contract version {abi}, host speaks {ABI_VERSION}"
+            )));
         }
         guest.funcs = Some(Funcs { memory, reserve, load, run, inspect });
         Ok(guest)
@@ -249,7 +276,11 @@ impl GuestInstance {
         let detail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = detail[detail.len().saturating_sub(3)..].join(" | ");
         let trap = e.downcast_ref::<Trap>().map_or_else(|| format!("{e}"), |t| t.to_string());
-        if tail.is_empty() { SandboxError::Trap(trap) } else { SandboxError::Trap(format!("{trap}; guest said: {tail}")) }
+        if tail.is_empty() {
+            SandboxError::Trap(trap)
+        } else {
+            SandboxError::Trap(format!("{trap}; guest said: {tail}"))
+        }
     }
 
     /// Encodes `request` straight into the guest's buffer, calls `func`, and returns the reply's
@@ -260,7 +291,8 @@ impl GuestInstance {
         request: &impl Serialize,
         timeout: Duration,
     ) -> Result<std::ops::Range<usize>, SandboxError> {
-        let funcs = self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
+        let funcs =
+            self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
         let (memory, reserve, func) = (funcs.memory, funcs.reserve.clone(), which(funcs).clone());
         let len = postcard::serialize_with_flavor(request, postcard::ser_flavors::Size::default())
             .map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
@@ -278,7 +310,8 @@ impl GuestInstance {
             .data_mut(&mut self.store)
             .get_mut(ptr..ptr.saturating_add(len))
             .ok_or_else(|| SandboxError::Contract("reserved buffer outside guest memory".into()))?;
-        postcard::to_slice(request, buf).map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
+        postcard::to_slice(request, buf)
+            .map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
         let packed = func.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))?;
         let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
         let end = ptr.checked_add(len).filter(|end| *end <= memory.data_size(&self.store));
@@ -286,7 +319,8 @@ impl GuestInstance {
     }
 
     fn memory(&self) -> Result<&[u8], SandboxError> {
-        let funcs = self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
+        let funcs =
+            self.funcs.as_ref().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
         Ok(funcs.memory.data(&self.store))
     }
 
@@ -322,7 +356,12 @@ impl GuestInstance {
             Ok(response) => Ok(response
                 .outputs
                 .into_iter()
-                .map(|t| Tensor { name: t.name.to_owned(), dtype: t.dtype, shape: t.shape, data: t.data.to_vec() })
+                .map(|t| Tensor {
+                    name: t.name.to_owned(),
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    data: t.data.to_vec(),
+                })
                 .collect()),
             Err(e) => Err(self.guest_error(e.kind, e.message)),
         }

@@ -51,9 +51,10 @@ fn verify_inner(dir: &Path, trust: &TrustStore) -> std::result::Result<VerifiedB
     key.verify_strict(&message, &Signature::from_bytes(&sig.signature))
         .map_err(|_| BundleError::BadSignature)?;
 
-    let text = std::str::from_utf8(&manifest_bytes)
-        .map_err(|_| BundleError::InvalidManifest("not UTF-8".into()))?;
-    let manifest: Manifest = toml::from_str(text).map_err(|e| BundleError::InvalidManifest(e.message().to_string()))?;
+    let text =
+        std::str::from_utf8(&manifest_bytes).map_err(|_| BundleError::InvalidManifest("not UTF-8".into()))?;
+    let manifest: Manifest =
+        toml::from_str(text).map_err(|e| BundleError::InvalidManifest(e.message().to_string()))?;
     check_manifest(&manifest).map_err(BundleError::InvalidManifest)?;
     check_layout(dir, &manifest)?;
 
@@ -101,7 +102,9 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
     if m.version == 0 {
         return Err("version must be at least 1".into());
     }
-    if m.model_sha256.len() != 64 || !m.model_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if m.model_sha256.len() != 64
+        || !m.model_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err("model_sha256 must be 64 lowercase hex digits".into());
     }
     if m.inputs.is_empty() || m.outputs.is_empty() {
@@ -134,7 +137,10 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
                 Some(_) => return Err(format!("input {:?}: {what} must be finite", spec.name)),
             }
         }
-        if !spec.dtype.is_float() && (spec.min.is_some() || spec.max.is_some()) && spec.dtype == warden_wire::DType::Bool {
+        if !spec.dtype.is_float()
+            && (spec.min.is_some() || spec.max.is_some())
+            && spec.dtype == warden_wire::DType::Bool
+        {
             return Err(format!("input {:?}: bool inputs take no bounds", spec.name));
         }
     }
@@ -146,7 +152,9 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
     }
     let p = &m.output_policy;
     match p.step {
-        Some(s) if !(s.is_finite() && s > 0.0) => return Err("output_policy.step must be a positive number".into()),
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err("output_policy.step must be a positive number".into());
+        }
         None if !p.dangerous_full_precision => {
             return Err("output_policy.step is required unless dangerous_full_precision = true".into());
         }
@@ -180,8 +188,10 @@ pub fn sign_bundle(dir: &Path, key: &PublisherKey) -> Result<ManifestSignature> 
     let model_path = dir.join(MODEL_FILE);
     let model = fs::read(&model_path).map_err(|e| Error::io(&model_path, e))?;
     let text = fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-    let bad = |msg: String| Error::Bundle { path: dir.to_path_buf(), kind: BundleError::InvalidManifest(msg) };
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| bad(e.message().to_string()))?;
+    let bad =
+        |msg: String| Error::Bundle { path: dir.to_path_buf(), kind: BundleError::InvalidManifest(msg) };
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().map_err(|e: toml_edit::TomlError| bad(e.message().to_string()))?;
     doc["model_sha256"] = toml_edit::value(hex::encode(Sha256::digest(&model)));
     let text = doc.to_string();
     let manifest: Manifest = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;

@@ -109,13 +109,24 @@ pub fn generate_keypair(out: &Path) -> Result<KeyId> {
     let pub_path = with_suffix(out, "pub");
     for p in [&key_path, &pub_path] {
         if p.exists() {
-            return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite")));
+            return Err(Error::io(
+                p,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite"),
+            ));
         }
     }
     let signing = SigningKey::generate(&mut rand_core::OsRng);
     let public = signing.verifying_key();
-    write_atomic(&key_path, format!("{SECRET_PREFIX}{}\n", hex::encode(signing.to_bytes())).as_bytes(), 0o600)?;
-    write_atomic(&pub_path, format!("{PUBLIC_PREFIX}{}\n", hex::encode(public.as_bytes())).as_bytes(), 0o644)?;
+    write_atomic(
+        &key_path,
+        format!("{SECRET_PREFIX}{}\n", hex::encode(signing.to_bytes())).as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &pub_path,
+        format!("{PUBLIC_PREFIX}{}\n", hex::encode(public.as_bytes())).as_bytes(),
+        0o644,
+    )?;
     Ok(key_id(&public))
 }
 
@@ -151,7 +162,9 @@ impl TrustStore {
         let revoked = dir.join("revoked");
         if revoked.exists() {
             let text = fs::read_to_string(&revoked).map_err(|e| Error::io(&revoked, e))?;
-            for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+            for line in
+                text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty())
+            {
                 let mut id = [0; KEY_ID_LEN];
                 hex::decode_to_slice(line, &mut id)
                     .map_err(|_| KeyError::Malformed { path: revoked.clone(), what: "revocation" })?;

@@ -30,9 +30,8 @@ impl VersionLedger {
         create_private_dir(state_dir)?;
         let path = state_dir.join(FILE);
         let accepted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(Error::io(&path, e)),
         };
@@ -54,7 +53,8 @@ impl VersionLedger {
         let m = &bundle.manifest;
         let mut next = accepted.clone();
         next.insert(m.name.clone(), Accepted { version: m.version, model_sha256: m.model_sha256.clone() });
-        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+        let bytes =
+            serde_json::to_vec_pretty(&next).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
         write_atomic(&self.path, &bytes, 0o600)?;
         *accepted = next;
         Ok(())
@@ -67,14 +67,14 @@ impl VersionLedger {
 }
 
 fn check_against(accepted: &BTreeMap<String, Accepted>, bundle: &VerifiedBundle) -> Result<bool> {
-        let m = &bundle.manifest;
-        let Some(prev) = accepted.get(&m.name) else { return Ok(true) };
-        let kind = if m.version < prev.version {
-            BundleError::Rollback { offered: m.version, accepted: prev.version }
-        } else if m.version == prev.version && m.model_sha256 != prev.model_sha256 {
-            BundleError::VersionReused { version: m.version }
-        } else {
-            return Ok(m.version > prev.version);
-        };
-        Err(Error::Bundle { path: bundle.dir.clone(), kind })
-    }
+    let m = &bundle.manifest;
+    let Some(prev) = accepted.get(&m.name) else { return Ok(true) };
+    let kind = if m.version < prev.version {
+        BundleError::Rollback { offered: m.version, accepted: prev.version }
+    } else if m.version == prev.version && m.model_sha256 != prev.model_sha256 {
+        BundleError::VersionReused { version: m.version }
+    } else {
+        return Ok(m.version > prev.version);
+    };
+    Err(Error::Bundle { path: bundle.dir.clone(), kind })
+}

@@ -93,6 +93,7 @@ pub fn manifest(name: &str, inputs: &[(&str, DType, &[u64])], outputs: &[(&str, 
             .collect(),
         output_policy: OutputPolicy { top_k: None, step: None, dangerous_full_precision: true },
         limits: Limits { max_input_bytes: Some(64 << 20), ..Limits::default() },
+        readings: None,
     }
 }
 

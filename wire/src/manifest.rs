@@ -39,6 +39,31 @@ pub struct Manifest {
     /// Abuse and resource limits.
     #[serde(default)]
     pub limits: Limits,
+    /// How signed sensor readings become this model's input, if devices may feed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings: Option<ReadingsSpec>,
+}
+
+/// How a device's signed readings become the model's input: samples `offset..offset + n` of a
+/// reading (n = the input's element count), times the reading's scale when `apply_scale` is set,
+/// fill the input in row-major order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsSpec {
+    /// The input readings feed: the manifest's only input, `f32`, with a fixed shape.
+    pub input: String,
+    /// The sensor kind readings must come from.
+    pub sensor: crate::reading::SensorKind,
+    /// First sample used.
+    #[serde(default)]
+    pub offset: u32,
+    /// Convert samples to the reading's unit first (`sample * scale`). By default `true`.
+    #[serde(default = "yes")]
+    pub apply_scale: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One dimension in a manifest shape: a fixed size or a named dynamic one.

@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands themselves.
 
+mod device;
 mod model;
 
 use std::io::Write;
@@ -55,6 +56,24 @@ enum Command {
     /// Create, sign, verify and inspect model bundles.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Register, revoke and list sensor devices.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Read signed sensor frames (COBS-delimited) from a file, a serial device, stdin (`-`) or
+    /// `tcp:HOST:PORT`; print one JSON line per frame: the inference, or the refusal and why.
+    Ingest {
+        /// Directory of trusted publisher keys.
+        #[arg(long)]
+        trust: PathBuf,
+        /// The bundle of the model readings feed (its manifest has a [readings] section).
+        bundle_dir: PathBuf,
+        /// Frame source: a path (file, serial device), `-` for stdin, or `tcp:HOST:PORT`.
+        #[arg(long, default_value = "-")]
+        from: String,
+        /// Readings with a timestamp must be within this many seconds of the host clock.
+        #[arg(long, default_value_t = 300)]
+        freshness_secs: u64,
+    },
     /// Run one KServe v2 inference request against a signed bundle; the response goes to stdout.
     Infer {
         /// Directory of trusted publisher keys.
@@ -129,6 +148,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Model(cmd) => model::run(&cli.global, cmd),
+        Command::Device(cmd) => device::run(&cli.global, cmd),
+        Command::Ingest { trust, bundle_dir, from, freshness_secs } => {
+            device::ingest(&cli.global, trust, bundle_dir, from, freshness_secs)
+        }
         Command::Infer { trust, bundle_dir, input } => {
             let request = read_input(&input)?;
             let request = InferRequest::from_json(&request)?;

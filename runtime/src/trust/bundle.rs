@@ -163,6 +163,18 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
     if p.top_k == Some(0) {
         return Err("output_policy.top_k must be at least 1".into());
     }
+    if let Some(r) = &m.readings {
+        let fits = m.inputs.len() == 1
+            && m.inputs[0].name == r.input
+            && m.inputs[0].dtype == warden_wire::DType::F32
+            && m.inputs[0].shape.iter().all(|d| matches!(d, DimSpec::Fixed(_)));
+        if !fits {
+            return Err(format!(
+                "readings.input {:?} must be the manifest's only input, f32, with a fixed shape",
+                r.input
+            ));
+        }
+    }
     Ok(())
 }
 

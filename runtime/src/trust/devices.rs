@@ -1,0 +1,278 @@
+//! Sensor devices: the registry of device keys (with revocation), the persisted last-accepted
+//! counter per device, and the verifier that refuses forged, replayed, stale or revoked readings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use warden_wire::provision::{KeyBlob, key_id};
+use warden_wire::reading::{MAX_DEVICE_ID, MAX_MESSAGE_LEN, READING_FORMAT, SignedReading, reading_message};
+
+use super::fsutil::{create_private_dir, write_atomic};
+use crate::error::{Error, Result};
+
+const REGISTRY_FILE: &str = "devices.json";
+const COUNTERS_FILE: &str = "device-counters.json";
+
+/// Why a reading was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadingError {
+    /// Not a decodable frame.
+    #[error("malformed frame")]
+    Malformed,
+    /// A reading format this host does not read.
+    #[error("unknown reading format {0}")]
+    UnknownFormat(u8),
+    /// The device id is not registered.
+    #[error("unknown device {0:?}")]
+    UnknownDevice(String),
+    /// The device was revoked.
+    #[error("device {0:?} is revoked")]
+    RevokedDevice(String),
+    /// Signed with a key that is not the device's registered key.
+    #[error("device {0:?}: signed by an unknown key")]
+    UnknownKey(String),
+    /// The signature does not verify (strictly).
+    #[error("device {0:?}: bad signature")]
+    BadSignature(String),
+    /// The counter is not above the last accepted one.
+    #[error("device {device:?}: replay (counter {counter}, last accepted {last})")]
+    Replay {
+        /// Device.
+        device: String,
+        /// The reading's counter.
+        counter: u64,
+        /// The last accepted counter.
+        last: u64,
+    },
+    /// The timestamp is outside the freshness window.
+    #[error("device {device:?}: stale or future timestamp ({skew_ms} ms from now)")]
+    Stale {
+        /// Device.
+        device: String,
+        /// Reading time minus host time.
+        skew_ms: i64,
+    },
+    /// The accepted counter could not be recorded durably, so the reading is not accepted.
+    #[error("cannot record the counter durably: {0}")]
+    Storage(String),
+    /// The reading does not fit the model's input.
+    #[error("reading does not fit the model: {0}")]
+    Shape(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct DeviceRecord {
+    public_key: String,
+    key_id: String,
+    revoked: bool,
+}
+
+/// A registered device, as `warden device list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: String,
+    /// Hex key id.
+    pub key_id: String,
+    /// Revoked?
+    pub revoked: bool,
+}
+
+/// The devices this host accepts readings from, kept in the state directory.
+#[derive(Debug)]
+pub struct DeviceRegistry {
+    path: PathBuf,
+    devices: BTreeMap<String, DeviceRecord>,
+}
+
+fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    write_atomic(path, &bytes, 0o600)
+}
+
+impl DeviceRegistry {
+    /// Opens the registry in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<DeviceRegistry> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(REGISTRY_FILE);
+        Ok(DeviceRegistry { devices: read_json(&path)?, path })
+    }
+
+    /// Makes a key pair for a new device, registers its public key, and returns the key blob to
+    /// flash into the device (the only copy of its secret key).
+    pub fn provision(&mut self, id: &str) -> Result<KeyBlob> {
+        let bad = |msg: String| Error::Request(msg);
+        let device_id = heapless::String::<MAX_DEVICE_ID>::try_from(id)
+            .map_err(|_| bad(format!("device id must be 1-{MAX_DEVICE_ID} bytes")))?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(bad(format!("device id {id:?} must be [A-Za-z0-9._-]+")));
+        }
+        if self.devices.contains_key(id) {
+            return Err(bad(format!("device {id:?} is already registered")));
+        }
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        let public = key.verifying_key();
+        let mut next = self.devices.clone();
+        next.insert(
+            id.to_string(),
+            DeviceRecord {
+                public_key: hex::encode(public.as_bytes()),
+                key_id: hex::encode(key_id(public.as_bytes())),
+                revoked: false,
+            },
+        );
+        write_json(&self.path, &next)?;
+        self.devices = next;
+        Ok(KeyBlob { device_id, seed: key.to_bytes() })
+    }
+
+    /// Registers an existing public key for a device id.
+    pub fn register(&mut self, id: &str, public: &VerifyingKey) -> Result<()> {
+        let mut next = self.devices.clone();
+        next.insert(
+            id.to_string(),
+            DeviceRecord {
+                public_key: hex::encode(public.as_bytes()),
+                key_id: hex::encode(key_id(public.as_bytes())),
+                revoked: false,
+            },
+        );
+        write_json(&self.path, &next)?;
+        self.devices = next;
+        Ok(())
+    }
+
+    /// Revokes a device: its readings are refused from now on.
+    pub fn revoke(&mut self, id: &str) -> Result<()> {
+        let mut next = self.devices.clone();
+        let record = next.get_mut(id).ok_or_else(|| Error::Request(format!("unknown device {id:?}")))?;
+        record.revoked = true;
+        write_json(&self.path, &next)?;
+        self.devices = next;
+        Ok(())
+    }
+
+    /// Every registered device.
+    pub fn list(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .iter()
+            .map(|(id, r)| DeviceInfo { id: id.clone(), key_id: r.key_id.clone(), revoked: r.revoked })
+            .collect()
+    }
+
+    fn key_of(&self, id: &str) -> std::result::Result<VerifyingKey, ReadingError> {
+        let record = self.devices.get(id).ok_or_else(|| ReadingError::UnknownDevice(id.to_string()))?;
+        if record.revoked {
+            return Err(ReadingError::RevokedDevice(id.to_string()));
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&record.public_key, &mut bytes).map_err(|_| ReadingError::UnknownKey(id.to_string()))?;
+        VerifyingKey::from_bytes(&bytes).map_err(|_| ReadingError::UnknownKey(id.to_string()))
+    }
+}
+
+/// Verifies signed readings and records each device's last accepted counter, durably, before a
+/// reading is accepted: a restart does not reopen replays.
+#[derive(Debug)]
+pub struct ReadingVerifier {
+    registry: DeviceRegistry,
+    counters_path: PathBuf,
+    counters: Mutex<BTreeMap<String, u64>>,
+    freshness: Duration,
+}
+
+impl ReadingVerifier {
+    /// The device registry.
+    pub fn registry(&self) -> &DeviceRegistry {
+        &self.registry
+    }
+
+    /// Opens the registry and counters in `state_dir`. Readings that carry a timestamp must be
+    /// within `freshness` of the host's clock (either way).
+    pub fn open(state_dir: &Path, freshness: Duration) -> Result<ReadingVerifier> {
+        let registry = DeviceRegistry::open(state_dir)?;
+        let counters_path = state_dir.join(COUNTERS_FILE);
+        let counters = Mutex::new(read_json(&counters_path)?);
+        Ok(ReadingVerifier { registry, counters_path, counters, freshness })
+    }
+
+    /// Checks a reading: format, registered and unrevoked device, its key, the strict signature,
+    /// freshness, and a counter above the last accepted one (then recorded before returning).
+    pub fn verify(&self, signed: &SignedReading, now: SystemTime) -> std::result::Result<(), ReadingError> {
+        if signed.format != READING_FORMAT {
+            return Err(ReadingError::UnknownFormat(signed.format));
+        }
+        let r = &signed.reading;
+        let device = r.device_id.as_str().to_string();
+        let key = self.registry.key_of(&device)?;
+        if key_id(key.as_bytes()) != signed.key_id {
+            return Err(ReadingError::UnknownKey(device));
+        }
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let message =
+            reading_message(signed.format, &signed.key_id, r, &mut buf).map_err(|_| ReadingError::Malformed)?;
+        key.verify_strict(message, &Signature::from_bytes(&signed.signature.0))
+            .map_err(|_| ReadingError::BadSignature(device.clone()))?;
+        if let Some(ts) = r.timestamp_ms {
+            let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let skew_ms = (ts as i64).saturating_sub(now_ms);
+            if skew_ms.unsigned_abs() > self.freshness.as_millis() as u64 {
+                return Err(ReadingError::Stale { device, skew_ms });
+            }
+        }
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&last) = counters.get(&device) {
+            if r.counter <= last {
+                return Err(ReadingError::Replay { device, counter: r.counter, last });
+            }
+        }
+        let mut next = counters.clone();
+        next.insert(device, r.counter);
+        write_json(&self.counters_path, &next).map_err(|e| ReadingError::Storage(e.to_string()))?;
+        *counters = next;
+        Ok(())
+    }
+}
+
+/// Turns a verified reading into the model input its manifest describes.
+pub fn reading_to_input(
+    manifest: &warden_wire::manifest::Manifest,
+    signed: &SignedReading,
+) -> std::result::Result<crate::Tensor, ReadingError> {
+    let spec = manifest.readings.as_ref().ok_or_else(|| ReadingError::Shape("the model takes no readings".into()))?;
+    let r = &signed.reading;
+    if r.sensor != spec.sensor {
+        return Err(ReadingError::Shape(format!("sensor {:?}, the model takes {:?}", r.sensor, spec.sensor)));
+    }
+    let input = manifest.inputs.iter().find(|i| i.name == spec.input).ok_or_else(|| ReadingError::Shape("no input".into()))?;
+    let shape: Vec<u64> = input
+        .shape
+        .iter()
+        .map(|d| match d {
+            warden_wire::manifest::DimSpec::Fixed(n) => *n,
+            warden_wire::manifest::DimSpec::Named(_) => 0,
+        })
+        .collect();
+    let n = crate::tensor::element_count(&shape).unwrap_or(0);
+    let start = spec.offset as usize;
+    let samples = r.samples.get(start..start + n).ok_or_else(|| {
+        ReadingError::Shape(format!("{} samples, the model needs {n} from offset {start}", r.samples.len()))
+    })?;
+    let scale = if spec.apply_scale { r.scale } else { 1.0 };
+    let values: Vec<f32> = samples.iter().map(|s| *s as f32 * scale).collect();
+    Ok(crate::Tensor::from_f32(spec.input.clone(), &shape, &values))
+}

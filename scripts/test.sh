@@ -3,6 +3,7 @@
 #   - the wasm32-wasip1 target (rustup's auto-install may be off: RUSTUP_AUTO_INSTALL=0)
 #   - Python packages pinned in models/requirements.txt (to fetch public models and make fixtures)
 #   - the public models (silero VAD, PP-OCR) with their ONNX Runtime reference outputs
+#   - the thumbv7em-none-eabihf target and qemu-system-arm, to run the firmware under QEMU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,20 @@ step "Rust $toolchain with the wasm32-wasip1 target"
 if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
   rustup target add wasm32-wasip1 --toolchain "$toolchain"
+fi
+
+step "thumbv7em-none-eabihf target and llvm-tools (firmware)"
+if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -qx thumbv7em-none-eabihf; then
+  rustup target add thumbv7em-none-eabihf --toolchain "$toolchain"
+fi
+rustup component list --installed --toolchain "$toolchain" 2>/dev/null | grep -q '^llvm-tools' \
+  || rustup component add llvm-tools --toolchain "$toolchain"
+
+step "qemu-system-arm (runs the firmware image in tests)"
+if ! command -v qemu-system-arm >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-arm
 fi
 
 step "Python packages (models/requirements.txt)"

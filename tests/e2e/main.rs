@@ -4,5 +4,6 @@
 mod bundles;
 mod hostile;
 mod policy;
+mod readings;
 mod reference;
 mod sandbox;

@@ -85,10 +85,10 @@ fn ensure_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if let Some(sysroot) = sysroot {
-        if sysroot.join("lib/rustlib").join(TARGET).exists() {
-            return;
-        }
+    if let Some(sysroot) = sysroot
+        && sysroot.join("lib/rustlib").join(TARGET).exists()
+    {
+        return;
     }
     println!("cargo:warning=the {TARGET} target is missing: running `rustup target add {TARGET}`");
     let status = Command::new("rustup").args(["target", "add", TARGET]).status();

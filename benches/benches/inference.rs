@@ -61,11 +61,17 @@ fn inference(c: &mut Criterion) {
         let (native_tx, from_native) = std::sync::mpsc::channel::<Duration>();
         let native_inputs = inputs.clone();
         let native = std::thread::spawn(move || {
-            let mut engine = warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: facts }).unwrap();
+            let mut engine =
+                warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: facts }).unwrap();
             let request = RunRequest {
                 inputs: native_inputs
                     .iter()
-                    .map(|t| TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                    .map(|t| TensorRef {
+                        name: &t.name,
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        data: &t.data,
+                    })
                     .collect(),
             };
             for iters in native_rx {

@@ -27,7 +27,10 @@ fn board_image() -> PathBuf {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
         .unwrap();
-    assert!(status.success(), "building the QEMU board image failed (is the thumbv7em-none-eabihf target installed?)");
+    assert!(
+        status.success(),
+        "building the QEMU board image failed (is the thumbv7em-none-eabihf target installed?)"
+    );
     target_dir.join("thumbv7em-none-eabihf/release/warden-board-qemu-mps2-an386")
 }
 

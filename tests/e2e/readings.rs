@@ -29,7 +29,12 @@ fn sign(blob: &KeyBlob, counter: u64, timestamp_ms: Option<u64>, samples: &[i32]
     };
     let mut buf = [0u8; MAX_MESSAGE_LEN];
     let msg = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
-    SignedReading { format: READING_FORMAT, key_id: kid, reading, signature: Signature64(key.sign(msg).to_bytes()) }
+    SignedReading {
+        format: READING_FORMAT,
+        key_id: kid,
+        reading,
+        signature: Signature64(key.sign(msg).to_bytes()),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -130,5 +135,8 @@ fn readings_that_do_not_fit_the_model_are_refused() {
     // Out of the manifest's bounds: refused by input validation, as any request.
     let wild = sign(&blob, 1, None, &[5000; 24]);
     let input = reading_to_input(model.manifest(), &wild).unwrap();
-    assert!(matches!(model.infer(vec![input]), Err(warden::Error::Input(warden::InputError::OutOfBounds { .. }))));
+    assert!(matches!(
+        model.infer(vec![input]),
+        Err(warden::Error::Input(warden::InputError::OutOfBounds { .. }))
+    ));
 }

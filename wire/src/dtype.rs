@@ -129,6 +129,7 @@ impl FromStr for DType {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

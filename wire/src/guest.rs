@@ -150,6 +150,7 @@ pub type Reply<T> = Result<T, GuestError>;
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use alloc::string::ToString;

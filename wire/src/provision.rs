@@ -89,6 +89,7 @@ pub fn key_id(public_key: &[u8; 32]) -> [u8; crate::signing::KEY_ID_LEN] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

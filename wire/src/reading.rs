@@ -194,10 +194,10 @@ impl SignedReading {
 
     /// Decodes the raw postcard bytes of a signed reading (no COBS); refuses trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<SignedReading, FrameError> {
-        if let Some(&format) = bytes.first() {
-            if format != READING_FORMAT {
-                return Err(FrameError::UnknownFormat(format));
-            }
+        if let Some(&format) = bytes.first()
+            && format != READING_FORMAT
+        {
+            return Err(FrameError::UnknownFormat(format));
         }
         let (signed, rest): (SignedReading, _) =
             postcard::take_from_bytes(bytes).map_err(|_| FrameError::Malformed)?;
@@ -209,6 +209,7 @@ impl SignedReading {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -227,7 +228,12 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_refuse_garbage() {
-        let signed = SignedReading { format: READING_FORMAT, key_id: [1; 8], reading: reading(), signature: Signature64([7; 64]) };
+        let signed = SignedReading {
+            format: READING_FORMAT,
+            key_id: [1; 8],
+            reading: reading(),
+            signature: Signature64([7; 64]),
+        };
         let mut buf = [0u8; MAX_FRAME_LEN];
         let frame = signed.encode_frame(&mut buf).unwrap();
         assert_eq!(frame.last(), Some(&0));
@@ -246,7 +252,12 @@ mod tests {
         r.timestamp_ms = Some(u64::MAX);
         r.sensor = SensorKind::Other(u16::MAX);
         r.samples = heapless::Vec::from_slice(&[i32::MIN; MAX_SAMPLES]).unwrap();
-        let signed = SignedReading { format: READING_FORMAT, key_id: [0xff; 8], reading: r, signature: Signature64([0xff; 64]) };
+        let signed = SignedReading {
+            format: READING_FORMAT,
+            key_id: [0xff; 8],
+            reading: r,
+            signature: Signature64([0xff; 64]),
+        };
         let mut msg = [0u8; MAX_MESSAGE_LEN];
         reading_message(signed.format, &signed.key_id, &signed.reading, &mut msg).unwrap();
         let mut buf = [0u8; MAX_FRAME_LEN];

@@ -54,6 +54,7 @@ impl ManifestSignature {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

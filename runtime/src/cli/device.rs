@@ -33,7 +33,11 @@ pub(super) enum DeviceCommand {
 }
 
 fn state_dir(global: &Global) -> Result<PathBuf> {
-    global.state_dir.clone().or_else(warden::default_state_dir).context("no state directory: pass --state-dir or set HOME")
+    global
+        .state_dir
+        .clone()
+        .or_else(warden::default_state_dir)
+        .context("no state directory: pass --state-dir or set HOME")
 }
 
 pub(super) fn run(global: &Global, cmd: DeviceCommand) -> Result<()> {
@@ -93,7 +97,13 @@ fn open_source(from: &str) -> Result<Box<dyn Read>> {
 }
 
 /// `warden ingest`: verify each frame, run the model, print one JSON line per frame.
-pub(super) fn ingest(global: &Global, trust: PathBuf, bundle_dir: PathBuf, from: String, freshness_secs: u64) -> Result<()> {
+pub(super) fn ingest(
+    global: &Global,
+    trust: PathBuf,
+    bundle_dir: PathBuf,
+    from: String,
+    freshness_secs: u64,
+) -> Result<()> {
     let runtime = global.runtime(Some(&trust))?;
     let model = runtime.load_bundle(&bundle_dir)?;
     if model.manifest().readings.is_none() {
@@ -139,7 +149,9 @@ pub(super) fn ingest(global: &Global, trust: PathBuf, bundle_dir: PathBuf, from:
                         "model_name": model.manifest().name, "model_version": model.manifest().version.to_string(),
                         "outputs": outputs.iter().map(ResponseTensor::from_tensor).collect::<Vec<_>>(),
                     }),
-                    Err(reason) => json!({"device": device, "counter": counter, "outcome": "refused", "reason": reason}),
+                    Err(reason) => {
+                        json!({"device": device, "counter": counter, "outcome": "refused", "reason": reason})
+                    }
                 }
             }
         };

@@ -73,6 +73,7 @@ pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -62,13 +62,13 @@ pub(crate) fn load_or_compile(
 ) -> Result<(Module, CompileOutcome, Duration), SandboxError> {
     let started = Instant::now();
     let path = cache_dir.map(|dir| cache_path(engine, dir, wasm_sha256));
-    if let Some(path) = &path {
-        if let Ok(file) = std::fs::read(path) {
-            match deserialize_checked(engine, &file) {
-                Ok(module) => return Ok((module, CompileOutcome::CacheHit, started.elapsed())),
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "ignoring the cached guest; recompiling")
-                }
+    if let Some(path) = &path
+        && let Ok(file) = std::fs::read(path)
+    {
+        match deserialize_checked(engine, &file) {
+            Ok(module) => return Ok((module, CompileOutcome::CacheHit, started.elapsed())),
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "ignoring the cached guest; recompiling")
             }
         }
     }

@@ -124,16 +124,17 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
             match bound {
                 None => {}
                 Some(Bound::All(v)) if v.is_finite() => {}
-                Some(Bound::PerFeature(vs)) if vs.iter().all(|v| v.is_finite()) => {
-                    if last != Some(vs.len() as u64) {
-                        return Err(format!(
-                            "input {:?}: {what} has {} entries but the last dimension is {:?}",
-                            spec.name,
-                            vs.len(),
-                            spec.shape.last()
-                        ));
-                    }
+                Some(Bound::PerFeature(vs))
+                    if vs.iter().all(|v| v.is_finite()) && last != Some(vs.len() as u64) =>
+                {
+                    return Err(format!(
+                        "input {:?}: {what} has {} entries but the last dimension is {:?}",
+                        spec.name,
+                        vs.len(),
+                        spec.shape.last()
+                    ));
                 }
+                Some(Bound::PerFeature(vs)) if vs.iter().all(|v| v.is_finite()) => {}
                 Some(_) => return Err(format!("input {:?}: {what} must be finite", spec.name)),
             }
         }
@@ -180,10 +181,10 @@ pub(crate) fn check_manifest(m: &Manifest) -> std::result::Result<(), String> {
 
 fn check_shape(name: &str, shape: &[DimSpec]) -> std::result::Result<(), String> {
     for d in shape {
-        if let DimSpec::Named(s) = d {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("{name:?}: dimension name {s:?} must be [A-Za-z0-9_]+"));
-            }
+        if let DimSpec::Named(s) = d
+            && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(format!("{name:?}: dimension name {s:?} must be [A-Za-z0-9_]+"));
         }
     }
     if shape.len() > 8 {

@@ -180,7 +180,8 @@ impl DeviceRegistry {
             return Err(ReadingError::RevokedDevice(id.to_string()));
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(&record.public_key, &mut bytes).map_err(|_| ReadingError::UnknownKey(id.to_string()))?;
+        hex::decode_to_slice(&record.public_key, &mut bytes)
+            .map_err(|_| ReadingError::UnknownKey(id.to_string()))?;
         VerifyingKey::from_bytes(&bytes).map_err(|_| ReadingError::UnknownKey(id.to_string()))
     }
 }
@@ -223,8 +224,8 @@ impl ReadingVerifier {
             return Err(ReadingError::UnknownKey(device));
         }
         let mut buf = [0u8; MAX_MESSAGE_LEN];
-        let message =
-            reading_message(signed.format, &signed.key_id, r, &mut buf).map_err(|_| ReadingError::Malformed)?;
+        let message = reading_message(signed.format, &signed.key_id, r, &mut buf)
+            .map_err(|_| ReadingError::Malformed)?;
         key.verify_strict(message, &Signature::from_bytes(&signed.signature.0))
             .map_err(|_| ReadingError::BadSignature(device.clone()))?;
         if let Some(ts) = r.timestamp_ms {
@@ -235,10 +236,10 @@ impl ReadingVerifier {
             }
         }
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&last) = counters.get(&device) {
-            if r.counter <= last {
-                return Err(ReadingError::Replay { device, counter: r.counter, last });
-            }
+        if let Some(&last) = counters.get(&device)
+            && r.counter <= last
+        {
+            return Err(ReadingError::Replay { device, counter: r.counter, last });
         }
         let mut next = counters.clone();
         next.insert(device, r.counter);
@@ -253,12 +254,19 @@ pub fn reading_to_input(
     manifest: &warden_wire::manifest::Manifest,
     signed: &SignedReading,
 ) -> std::result::Result<crate::Tensor, ReadingError> {
-    let spec = manifest.readings.as_ref().ok_or_else(|| ReadingError::Shape("the model takes no readings".into()))?;
+    let spec = manifest
+        .readings
+        .as_ref()
+        .ok_or_else(|| ReadingError::Shape("the model takes no readings".into()))?;
     let r = &signed.reading;
     if r.sensor != spec.sensor {
         return Err(ReadingError::Shape(format!("sensor {:?}, the model takes {:?}", r.sensor, spec.sensor)));
     }
-    let input = manifest.inputs.iter().find(|i| i.name == spec.input).ok_or_else(|| ReadingError::Shape("no input".into()))?;
+    let input = manifest
+        .inputs
+        .iter()
+        .find(|i| i.name == spec.input)
+        .ok_or_else(|| ReadingError::Shape("no input".into()))?;
     let shape: Vec<u64> = input
         .shape
         .iter()

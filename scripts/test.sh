@@ -38,5 +38,8 @@ fi
 step "Public models (silero VAD, PP-OCR) and their ONNX Runtime reference outputs"
 python3 models/fetch_public_models.py
 
+step "Firmware board images (QEMU mps2-an386, nRF52840-DK) and their sizes"
+bash firmware/build-boards.sh
+
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"

@@ -10,7 +10,7 @@
 //!
 //! The crate is `no_std`; the `alloc` feature (on by default) adds the types that own strings
 //! and vectors.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "alloc")]

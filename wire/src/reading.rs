@@ -272,3 +272,65 @@ mod tests {
         assert_ne!(READING_CONTEXT, crate::signing::MODEL_MANIFEST_CONTEXT);
     }
 }
+
+/// The worked example in `wire/FORMAT.md`, checked byte for byte.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod format_example {
+    use ed25519_dalek::{Signer, SigningKey};
+
+    use super::*;
+    use crate::provision::key_id;
+
+    fn hex(bytes: &[u8]) -> std::string::String {
+        bytes.iter().map(|b| std::format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn worked_example_matches_format_md() {
+        // RFC 8032 section 7.1, TEST 1 secret key.
+        let seed: [u8; 32] = [
+            0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+            0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+        ];
+        let key = SigningKey::from_bytes(&seed);
+        let kid = key_id(key.verifying_key().as_bytes());
+        let reading = Reading {
+            device_id: heapless::String::try_from("board-7").unwrap(),
+            counter: 300,
+            timestamp_ms: None,
+            sensor: SensorKind::Accelerometer,
+            unit: Unit::MilliG,
+            scale: 1.0,
+            channels: 3,
+            samples: heapless::Vec::from_slice(&[12, -8, 1003]).unwrap(),
+        };
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let message = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
+        let signature = Signature64(key.sign(message).to_bytes());
+        let signed = SignedReading { format: READING_FORMAT, key_id: kid, reading: reading.clone(), signature };
+        let mut frame_buf = [0u8; MAX_FRAME_LEN];
+        let frame = signed.encode_frame(&mut frame_buf).unwrap();
+        let body = postcard::to_slice(&signed, &mut [0u8; MAX_FRAME_LEN]).unwrap().to_vec();
+        std::println!("key id   {}", hex(&kid));
+        std::println!("reading  {}", hex(&postcard::to_allocvec(&reading).unwrap()));
+        std::println!("message  {}", hex(message));
+        std::println!("body     {}", hex(&body));
+        std::println!("frame    {}", hex(frame));
+        assert_eq!(hex(&kid), EXPECTED_KEY_ID);
+        assert_eq!(hex(&body), EXPECTED_BODY);
+        assert_eq!(hex(frame), EXPECTED_FRAME);
+    }
+
+    const EXPECTED_KEY_ID: &str = "21fe31dfa154a261";
+    const EXPECTED_BODY: &str = concat!(
+        "0121fe31dfa154a26107626f6172642d37ac020000000000803f0303180fd60f",
+        "df9390d7c009adf3a9636793b1fa44f91581026d3fdd620f2fbe18488de65ffd",
+        "097d6b366ea7036f23bb3e607e7974eb5021271f4a0ddd6dec2e4b683c305903"
+    );
+    const EXPECTED_FRAME: &str = concat!(
+        "140121fe31dfa154a26107626f6172642d37ac020101010149803f0303180fd60f",
+        "df9390d7c009adf3a9636793b1fa44f91581026d3fdd620f2fbe18488de65ffd",
+        "097d6b366ea7036f23bb3e607e7974eb5021271f4a0ddd6dec2e4b683c30590300"
+    );
+}

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bundles;
+mod dtypes;
 mod hostile;
 mod policy;
 mod readings;

@@ -30,11 +30,40 @@ fn check_against_onnx_runtime(fixture_path: &str) {
                 .collect(),
         })
         .collect();
+    // Native tract runs on its own thread: its AVX-512 kernels leave vector state behind that
+    // slows the sandbox's code down badly on the same thread (see benches/README.md).
     let bytes = fixture.model_bytes();
-    let mut native =
-        warden_guest::Engine::load(&warden::guest::LoadRequest { model: &bytes, inputs: facts }).unwrap();
+    let native_cases: Vec<Vec<warden::Tensor>> = fixture.cases.iter().map(|c| tensors(&c.inputs)).collect();
+    let native_outputs = std::thread::spawn(move || {
+        let mut native =
+            warden_guest::Engine::load(&warden::guest::LoadRequest { model: &bytes, inputs: facts }).unwrap();
+        native_cases
+            .iter()
+            .map(|inputs| {
+                let request = warden::guest::RunRequest {
+                    inputs: inputs
+                        .iter()
+                        .map(|t| warden::guest::TensorRef {
+                            name: &t.name,
+                            dtype: t.dtype,
+                            shape: t.shape.clone(),
+                            data: &t.data,
+                        })
+                        .collect(),
+                };
+                native
+                    .run(&request)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| warden::Tensor { name: n.name, dtype: n.dtype, shape: n.shape, data: n.data })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
 
-    for (i, case) in fixture.cases.iter().enumerate() {
+    for (i, (case, native_out)) in fixture.cases.iter().zip(&native_outputs).enumerate() {
         let what = format!("{} case {i}", fixture.model);
         let outputs = model.infer(tensors(&case.inputs)).unwrap();
         let expected = tensors(&case.outputs);
@@ -42,29 +71,9 @@ fn check_against_onnx_runtime(fixture_path: &str) {
         for (got, want) in outputs.iter().zip(&expected) {
             assert_close(got, want, TOLERANCE, &format!("{what} (sandbox vs ONNX Runtime)"));
         }
-
-        let inputs = tensors(&case.inputs);
-        let request = warden::guest::RunRequest {
-            inputs: inputs
-                .iter()
-                .map(|t| warden::guest::TensorRef {
-                    name: &t.name,
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data: &t.data,
-                })
-                .collect(),
-        };
-        let native_out = native.run(&request).unwrap();
-        for (got, n) in outputs.iter().zip(&native_out) {
-            let n = warden::Tensor {
-                name: n.name.clone(),
-                dtype: n.dtype,
-                shape: n.shape.clone(),
-                data: n.data.clone(),
-            };
-            // Same tract, other kernels (wasm simd128 vs native AVX2/FMA): rounding differs slightly.
-            assert_close(got, &n, TOLERANCE, &format!("{what} (sandbox vs native tract)"));
+        // Same tract, other kernels (wasm simd128 vs native AVX2/FMA): rounding differs slightly.
+        for (got, n) in outputs.iter().zip(native_out) {
+            assert_close(got, n, TOLERANCE, &format!("{what} (sandbox vs native tract)"));
         }
     }
 }

@@ -308,7 +308,8 @@ mod format_example {
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         let message = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
         let signature = Signature64(key.sign(message).to_bytes());
-        let signed = SignedReading { format: READING_FORMAT, key_id: kid, reading: reading.clone(), signature };
+        let signed =
+            SignedReading { format: READING_FORMAT, key_id: kid, reading: reading.clone(), signature };
         let mut frame_buf = [0u8; MAX_FRAME_LEN];
         let frame = signed.encode_frame(&mut frame_buf).unwrap();
         let body = postcard::to_slice(&signed, &mut [0u8; MAX_FRAME_LEN]).unwrap().to_vec();

@@ -74,6 +74,23 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         freshness_secs: u64,
     },
+    /// Measure a signed model in the sandbox: load time, then per-inference median and p99.
+    Bench {
+        /// Directory of trusted publisher keys.
+        #[arg(long)]
+        trust: PathBuf,
+        /// The bundle directory.
+        bundle_dir: PathBuf,
+        /// KServe v2 request JSON with the inputs to run.
+        #[arg(long)]
+        input: PathBuf,
+        /// Timed inferences (after 10% warm-up).
+        #[arg(short = 'n', long, default_value_t = 200)]
+        iterations: usize,
+        /// Print `{"load_ms":..,"median_us":..,"p99_us":..}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one KServe v2 inference request against a signed bundle; the response goes to stdout.
     Infer {
         /// Directory of trusted publisher keys.
@@ -152,6 +169,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ingest { trust, bundle_dir, from, freshness_secs } => {
             device::ingest(&cli.global, trust, bundle_dir, from, freshness_secs)
         }
+        Command::Bench { trust, bundle_dir, input, iterations, json } => {
+            bench(&cli.global, &trust, &bundle_dir, &input, iterations.max(1), json)
+        }
         Command::Infer { trust, bundle_dir, input } => {
             let request = read_input(&input)?;
             let request = InferRequest::from_json(&request)?;
@@ -196,4 +216,47 @@ mod tests {
     fn command_line_definition_is_consistent() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
+}
+
+fn bench(global: &Global, trust: &Path, bundle_dir: &Path, input: &Path, n: usize, json: bool) -> Result<()> {
+    let request = InferRequest::from_json(&read_input(input)?)?;
+    let tensors = request.tensors()?;
+    let runtime = global.runtime(Some(trust))?;
+    let started = std::time::Instant::now();
+    let model = runtime.load_bundle(bundle_dir)?;
+    let load = started.elapsed();
+    for _ in 0..n.div_ceil(10) {
+        model.infer(tensors.clone())?;
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        model.infer(tensors.clone())?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+    let (median, p99) = (pct(0.5), pct(0.99));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"load_ms": load.as_secs_f64() * 1e3, "median_us": us(median), "p99_us": us(p99), "iterations": n})
+        );
+    } else {
+        let m = model.manifest();
+        println!(
+            "{} v{}: load (verify + parse + optimize in the sandbox) {:.1} ms",
+            m.name,
+            m.version,
+            load.as_secs_f64() * 1e3
+        );
+        println!(
+            "{n} inferences: median {:.1} us, p99 {:.1} us, min {:.1} us",
+            us(median),
+            us(p99),
+            us(times[0])
+        );
+    }
+    Ok(())
 }

@@ -13,11 +13,13 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 mod error;
 pub mod kserve;
 pub mod policy;
 mod runtime;
 pub mod sandbox;
+pub mod server;
 mod tensor;
 pub mod trust;
 

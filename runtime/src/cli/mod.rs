@@ -1,7 +1,9 @@
 //! Command-line parsing and the commands themselves.
 
+mod audit;
 mod device;
 mod model;
+mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,9 @@ enum Command {
     /// Register, revoke and list sensor devices.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Check or inspect the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Read signed sensor frames (COBS-delimited) from a file, a serial device, stdin (`-`) or
     /// `tcp:HOST:PORT`; print one JSON line per frame: the inference, or the refusal and why.
     Ingest {
@@ -74,6 +79,8 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         freshness_secs: u64,
     },
+    /// Serve the model repository over the KServe v2 / Open Inference Protocol REST API.
+    Serve(serve::ServeArgs),
     /// Measure a signed model in the sandbox: load time, then per-inference median and p99.
     Bench {
         /// Directory of trusted publisher keys.
@@ -166,9 +173,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Model(cmd) => model::run(&cli.global, cmd),
         Command::Device(cmd) => device::run(&cli.global, cmd),
+        Command::Audit(cmd) => audit::run(&cli.global, cmd),
         Command::Ingest { trust, bundle_dir, from, freshness_secs } => {
             device::ingest(&cli.global, trust, bundle_dir, from, freshness_secs)
         }
+        Command::Serve(args) => serve::run(&cli.global, args),
         Command::Bench { trust, bundle_dir, input, iterations, json } => {
             bench(&cli.global, &trust, &bundle_dir, &input, iterations.max(1), json)
         }

@@ -1,0 +1,260 @@
+//! The daemon end to end: the real `warden serve` on a loopback port, driven by a real HTTP
+//! client. KServe v2 metadata and inference (equal to `warden infer`), typed 4xx errors, the body
+//! cap, a hostile model answered as an error while the others keep serving, signed readings, and
+//! a clean shutdown on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+use warden::wire::provision::{KeyBlob, key_id};
+use warden::wire::reading::{
+    MAX_MESSAGE_LEN, READING_FORMAT, Reading, SensorKind, Signature64, SignedReading, Unit, reading_message,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn warden(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warden"));
+    c.env("WARDEN_STATE_DIR", state)
+        .env("WARDEN_CACHE_DIR", std::env::temp_dir().join("warden-test-guest-cache"));
+    c
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(state: &Path, repo: &Path, trust: &Path) -> Daemon {
+    let mut child = warden(state)
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-body-bytes", "16384"])
+        .arg("--repo")
+        .arg(repo)
+        .arg("--trust")
+        .arg(trust)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Daemon { child, base: format!("http://{addr}") }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn get(base: &str, path: &str) -> (u16, Value) {
+    let mut r = agent().get(&format!("{base}{path}")).call().unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn post(base: &str, path: &str, body: &[u8], content_type: &str) -> (u16, Value) {
+    let mut r =
+        agent().post(&format!("{base}{path}")).header("content-type", content_type).send(body).unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn signed_reading(blob: &KeyBlob, counter: u64) -> Vec<u8> {
+    let key = SigningKey::from_bytes(&blob.seed);
+    let kid = key_id(key.verifying_key().as_bytes());
+    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
+    let reading = Reading {
+        device_id: blob.device_id.clone(),
+        counter,
+        timestamp_ms: None,
+        sensor: SensorKind::Accelerometer,
+        unit: Unit::MilliG,
+        scale: 1.0,
+        channels: 3,
+        samples: heapless::Vec::from_slice(&samples).unwrap(),
+    };
+    let mut buf = [0u8; MAX_MESSAGE_LEN];
+    let msg = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
+    let signed = SignedReading {
+        format: READING_FORMAT,
+        key_id: kid,
+        reading,
+        signature: Signature64(key.sign(msg).to_bytes()),
+    };
+    postcard::to_allocvec(&signed).unwrap()
+}
+
+#[test]
+fn daemon_serves_kserve_v2_and_signed_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let repo = dir.path().join("repo");
+    copy_dir(&root().join("models/repo"), &repo);
+
+    // A second publisher signs a hostile model; the trust directory holds both keys.
+    let trust = dir.path().join("trust");
+    copy_dir(&root().join("models/dev-trust"), &trust);
+    let key = dir.path().join("mallory");
+    ok(warden(&state).args(["keygen", "--out"]).arg(&key));
+    std::fs::copy(key.with_extension("pub"), trust.join("mallory.pub")).unwrap();
+    let bomb = repo.join("bomb/1");
+    ok(warden(&state)
+        .args(["model", "init", "--name", "bomb", "--version", "1", "--model"])
+        .arg(root().join("tests/fixtures/hostile/memory_bomb_run.onnx"))
+        .arg("--out")
+        .arg(&bomb));
+    ok(warden(&state)
+        .args(["model", "sign", "--key"])
+        .arg(key.with_extension("key"))
+        .arg("--model-dir")
+        .arg(&bomb));
+
+    // A device, registered before the daemon starts.
+    let blob_text =
+        ok(warden(&state).args(["device", "provision", "--id", "board-9", "--out"]).arg(dir.path()));
+    assert!(blob_text.contains("provisioned board-9"));
+    let blob = KeyBlob::parse(&std::fs::read(dir.path().join("board-9.keyblob")).unwrap()).unwrap();
+
+    let daemon = start(&state, &repo, &trust);
+    let base = daemon.base.as_str();
+
+    assert_eq!(get(base, "/v2/health/live"), (200, json!({"live": true})));
+    assert_eq!(get(base, "/v2/health/ready").0, 200);
+    let (status, meta) = get(base, "/v2/models/digits");
+    assert_eq!(status, 200);
+    assert_eq!(meta["platform"], "onnx_onnxv1");
+    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(meta["inputs"], json!([{"name": "input", "datatype": "FP32", "shape": [1, 64]}]));
+    assert_eq!(meta["outputs"][1], json!({"name": "probabilities", "datatype": "FP32", "shape": [1, 10]}));
+    assert_eq!(get(base, "/v2/models/digits/versions/1").1, meta);
+    assert_eq!(get(base, "/v2/models/digits/ready").0, 200);
+    let (status, err) = get(base, "/v2/models/nope");
+    assert_eq!(status, 404);
+    assert!(err["error"].as_str().unwrap().contains("unknown model"));
+    assert_eq!(get(base, "/v2/models/digits/versions/9/ready").0, 404);
+
+    let (status, index) = post(base, "/v2/repository/index", b"{}", "application/json");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = index.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bomb", "breast_cancer", "digits", "motion"]);
+
+    // Inference equals the CLI's, for the same bundle and request.
+    let request = std::fs::read(root().join("models/requests/digits.json")).unwrap();
+    let (status, served) = post(base, "/v2/models/digits/infer", &request, "application/json");
+    assert_eq!(status, 200, "{served}");
+    let cli: Value = serde_json::from_str(&ok(warden(&dir.path().join("cli-state"))
+        .args(["infer", "--trust"])
+        .arg(root().join("models/dev-trust"))
+        .arg(root().join("models/repo/digits/1"))
+        .arg("--input")
+        .arg(root().join("models/requests/digits.json"))))
+    .unwrap();
+    assert_eq!(served, cli);
+    let (status, v1) = post(base, "/v2/models/digits/versions/1/infer", &request, "application/json");
+    assert_eq!((status, &v1), (200, &served));
+
+    // Typed refusals, as {"error": ...}.
+    let bad =
+        |body: Value| post(base, "/v2/models/digits/infer", body.to_string().as_bytes(), "application/json");
+    let (status, err) = bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": vec![1; 64]}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("dtype"), "{err}");
+    let (status, err) = bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": vec![1.0; 32]}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("shape"), "{err}");
+    let (status, err) = bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![99.0; 64]}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("outside"), "{err}");
+    assert_eq!(post(base, "/v2/models/digits/infer", b"{not json", "application/json").0, 400);
+    let huge = json!({"inputs": [{"name": "input", "shape": [1, 4096], "datatype": "FP32", "data": vec![1.0; 4096]}]});
+    let (status, err) =
+        post(base, "/v2/models/digits/infer", huge.to_string().as_bytes(), "application/json");
+    assert_eq!(status, 413, "{err}");
+    assert!(err["error"].is_string());
+
+    // The hostile model is stopped at its memory cap; the others keep serving.
+    let x = json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]});
+    let (status, err) = post(base, "/v2/models/bomb/infer", x.to_string().as_bytes(), "application/json");
+    assert_eq!(status, 500, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("memory cap"), "{err}");
+    assert_eq!(post(base, "/v2/models/digits/infer", &request, "application/json"), (200, served.clone()));
+
+    // Signed readings: raw postcard, then JSON with base64; a replay is refused.
+    let (status, out) = post(base, "/v1/readings", &signed_reading(&blob, 1), "application/octet-stream");
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["model_name"], "motion");
+    assert_eq!(out["id"], "board-9:1");
+    let (status, err) = post(base, "/v1/readings", &signed_reading(&blob, 1), "application/octet-stream");
+    assert_eq!(status, 409, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("replay"));
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(signed_reading(&blob, 2));
+    let (status, _) = post(
+        base,
+        "/v1/readings?model=motion",
+        json!({"reading": b64}).to_string().as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 200);
+    let mut forged = signed_reading(&blob, 3);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(post(base, "/v1/readings", &forged, "application/octet-stream").0, 401);
+
+    // SIGTERM: drains and exits cleanly.
+    let mut daemon = daemon;
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

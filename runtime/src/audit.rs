@@ -520,13 +520,17 @@ mod tests {
     fn entry(i: usize) -> AuditEntry {
         AuditEntry {
             client: Some(format!("client-{i}")),
-            device: (i % 2 == 0).then(|| "dev\"1\u{e9}".to_owned()),
+            device: i.is_multiple_of(2).then(|| "dev\"1\u{e9}".to_owned()),
             model: Some("iris".to_owned()),
             version: Some("3".to_owned()),
             model_sha256: Some(hex::encode(Sha256::digest(b"model"))),
             input_sha256: Some(hex::encode(Sha256::digest(i.to_le_bytes()))),
-            outcome: if i % 3 == 0 { "refused: shape [1,5] not [1,4]".to_owned() } else { "ok".to_owned() },
-            output_sha256: (i % 3 != 0).then(|| hex::encode(Sha256::digest(b"out"))),
+            outcome: if i.is_multiple_of(3) {
+                "refused: shape [1,5] not [1,4]".to_owned()
+            } else {
+                "ok".to_owned()
+            },
+            output_sha256: (!i.is_multiple_of(3)).then(|| hex::encode(Sha256::digest(b"out"))),
         }
     }
 

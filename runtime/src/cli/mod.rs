@@ -219,14 +219,6 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn command_line_definition_is_consistent() {
-        <super::Cli as clap::CommandFactory>::command().debug_assert();
-    }
-}
-
 fn bench(global: &Global, trust: &Path, bundle_dir: &Path, input: &Path, n: usize, json: bool) -> Result<()> {
     let request = InferRequest::from_json(&read_input(input)?)?;
     let tensors = request.tensors()?;
@@ -268,4 +260,12 @@ fn bench(global: &Global, trust: &Path, bundle_dir: &Path, input: &Path, n: usiz
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -257,4 +257,19 @@ fn daemon_serves_kserve_v2_and_signed_readings() {
         assert!(started.elapsed() < Duration::from_secs(10), "did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Every inference and reading request, accepted or refused, is in the hash-chained log.
+    let log = state.join("audit.log");
+    let verified = ok(warden(&state).args(["audit", "verify"]).arg(&log));
+    assert!(verified.starts_with("OK: 13 records"), "{verified}");
+    let records: Vec<Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "ok").count(), 5, "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.starts_with("413 ")), "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.starts_with("409 ") && o.contains("replay")), "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| o.starts_with("500 ") && o.contains("memory cap")), "{outcomes:?}");
+    let reading = records.iter().find(|r| r["device"] == "board-9").unwrap();
+    assert_eq!(reading["model"], "motion");
+    assert_eq!(reading["input_sha256"].as_str().unwrap().len(), 64);
 }

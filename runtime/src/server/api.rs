@@ -14,6 +14,7 @@ use warden_wire::manifest::DimSpec;
 use warden_wire::reading::SignedReading;
 
 use super::AppState;
+use crate::audit::AuditEntry;
 use crate::error::{Error, SandboxError};
 use crate::kserve::{InferRequest, InferResponse, ResponseTensor};
 use crate::runtime::Model;
@@ -58,6 +59,52 @@ impl From<ReadingError> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Records the request's outcome in the audit log, durably, before it is answered. If the log
+/// cannot take it, the request is answered 503 instead: nothing is acknowledged unrecorded.
+async fn audited(
+    state: &Arc<AppState>,
+    mut entry: AuditEntry,
+    result: ApiResult<InferResponse>,
+) -> ApiResult<axum::Json<InferResponse>> {
+    match &result {
+        Ok(response) => {
+            entry.outcome = "ok".into();
+            entry.output_sha256 = serde_json::to_vec(response).ok().map(|b| sha256_hex(&b));
+        }
+        Err(ApiError(status, message)) => entry.outcome = format!("{} {message}", status.as_u16()),
+    }
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || state.audit.append(&entry)).await {
+        Ok(Ok(_)) => result.map(axum::Json),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "audit append failed; refusing to answer");
+            Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit log unavailable; request not acknowledged".into(),
+            ))
+        }
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("audit task failed: {e}"))),
+    }
+}
+
+fn entry_for(name: &str, bytes: &Result<Bytes, BytesRejection>) -> AuditEntry {
+    AuditEntry {
+        model: Some(name.to_string()),
+        input_sha256: bytes.as_ref().ok().map(|b| sha256_hex(b)),
+        ..AuditEntry::default()
+    }
+}
+
+fn note_model(entry: &mut AuditEntry, model: &Model) {
+    entry.version = Some(model.manifest().version.to_string());
+    entry.model_sha256 = Some(model.manifest().model_sha256.clone());
+}
 
 pub(super) fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
@@ -170,7 +217,7 @@ async fn index(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
     axum::Json(Value::Array(entries))
 }
 
-async fn run_infer(model: Model, bytes: Bytes) -> ApiResult<axum::Json<InferResponse>> {
+async fn run_infer(model: Model, bytes: Bytes) -> ApiResult<InferResponse> {
     let response = tokio::task::spawn_blocking(move || -> ApiResult<InferResponse> {
         let request = InferRequest::from_json(&bytes)?;
         let mut outputs = model.infer(request.tensors()?)?;
@@ -189,7 +236,7 @@ async fn run_infer(model: Model, bytes: Bytes) -> ApiResult<axum::Json<InferResp
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")))??;
-    Ok(axum::Json(response))
+    Ok(response)
 }
 
 async fn infer(
@@ -197,8 +244,18 @@ async fn infer(
     Path(name): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<InferResponse>> {
-    let model = model(&state, &name, None)?;
-    run_infer(model, body(bytes)?).await
+    let mut entry = entry_for(&name, &bytes);
+    let result = match model(&state, &name, None) {
+        Ok(m) => {
+            note_model(&mut entry, &m);
+            match body(bytes) {
+                Ok(b) => run_infer(m, b).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    audited(&state, entry, result).await
 }
 
 async fn infer_version(
@@ -206,8 +263,18 @@ async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<InferResponse>> {
-    let model = model(&state, &name, Some(&version))?;
-    run_infer(model, body(bytes)?).await
+    let mut entry = entry_for(&name, &bytes);
+    let result = match model(&state, &name, Some(&version)) {
+        Ok(m) => {
+            note_model(&mut entry, &m);
+            match body(bytes) {
+                Ok(b) => run_infer(m, b).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    audited(&state, entry, result).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +296,19 @@ async fn readings(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<InferResponse>> {
+    let mut entry = entry_for("", &bytes);
+    entry.model = query.model.clone();
+    let result = reading(&state, &query, &headers, bytes, &mut entry).await;
+    audited(&state, entry, result).await
+}
+
+async fn reading(
+    state: &Arc<AppState>,
+    query: &ReadingsQuery,
+    headers: &HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+    entry: &mut AuditEntry,
+) -> ApiResult<InferResponse> {
     let bytes = body(bytes)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -244,8 +324,9 @@ async fn readings(
         bytes.to_vec()
     };
     let signed = SignedReading::decode(&raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    entry.device = Some(signed.reading.device_id.to_string());
     let model = match &query.model {
-        Some(name) => model(&state, name, None)?,
+        Some(name) => model(state, name, None)?,
         None => {
             let mut candidates = state.repository.reading_models();
             if candidates.len() != 1 {
@@ -257,6 +338,8 @@ async fn readings(
             candidates.remove(0)
         }
     };
+    entry.model = Some(model.manifest().name.clone());
+    note_model(entry, &model);
     if model.manifest().readings.is_none() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -278,5 +361,5 @@ async fn readings(
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading task failed: {e}")))??;
-    Ok(axum::Json(response))
+    Ok(response)
 }

@@ -53,6 +53,8 @@ pub struct AppState {
     pub repository: Repository,
     /// Signed-reading verification.
     pub verifier: ReadingVerifier,
+    /// Every inference request, accepted or refused, is recorded here before it is answered.
+    pub audit: crate::audit::AuditLog,
     /// Settings.
     pub config: ServerConfig,
 }
@@ -66,6 +68,9 @@ pub enum ServeError {
         "refusing plain HTTP on {0}: only loopback addresses are served without TLS (dangerous_plain_http_on_network overrides)"
     )]
     PlainHttpOnNetwork(SocketAddr),
+    /// The audit log could not be opened (or its chain is broken before the last record).
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// Listening or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -80,8 +85,9 @@ pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppSta
         return Err(ServeError::PlainHttpOnNetwork(config.listen));
     }
     let verifier = ReadingVerifier::open(runtime.state_dir(), config.freshness)?;
+    let audit = crate::audit::AuditLog::open(runtime.state_dir().join("audit.log"))?;
     let repository = Repository::load(runtime, &config.repo);
-    Ok(Arc::new(AppState { repository, verifier, config }))
+    Ok(Arc::new(AppState { repository, verifier, audit, config }))
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains in-flight requests.

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use warden::guest::{Dim, InputFact, LoadRequest, RunRequest, TensorRef};
-use warden::manifest::DimSpec;
+use warden::guest::{LoadRequest, RunRequest, TensorRef};
 use warden_tests::{Fixture, TestPublisher, builder, root, tensors};
 
 const FIXTURES: &[&str] = &[
@@ -39,22 +38,7 @@ fn inference(c: &mut Criterion) {
         let inputs = tensors(&fixture.cases[0].inputs);
 
         let bytes = fixture.model_bytes();
-        let facts = manifest
-            .inputs
-            .iter()
-            .map(|i| InputFact {
-                name: i.name.clone(),
-                dtype: i.dtype,
-                shape: i
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        DimSpec::Fixed(n) => Dim::Fixed(*n),
-                        DimSpec::Named(s) => Dim::Symbol(s.clone()),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let facts = manifest.input_facts();
         // Native tract runs on its own thread: its AVX-512 kernels leave vector state behind
         // that slows the sandbox's code down on the same thread (see warden_benches).
         let (to_native, native_rx) = std::sync::mpsc::channel::<u64>();

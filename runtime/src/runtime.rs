@@ -3,8 +3,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use warden_wire::guest::{Dim, InputFact, LoadRequest, ModelInfo};
-use warden_wire::manifest::{DimSpec, Manifest};
+use warden_wire::guest::{InputFact, LoadRequest, ModelInfo};
+use warden_wire::manifest::Manifest;
 
 use crate::error::{Error, Result, SandboxError};
 use crate::policy::{DEFAULT_MAX_INPUT_BYTES, apply_output_policy, check_outputs, validate_inputs};
@@ -256,22 +256,7 @@ impl Runtime {
             .max_memory_mib
             .and_then(|mib| usize::try_from(mib.saturating_mul(1 << 20)).ok())
             .map_or(self.sandbox.config().max_memory, |b| b.min(self.sandbox.config().max_memory));
-        let facts = m
-            .inputs
-            .iter()
-            .map(|i| InputFact {
-                name: i.name.clone(),
-                dtype: i.dtype,
-                shape: i
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        DimSpec::Fixed(n) => Dim::Fixed(*n),
-                        DimSpec::Named(s) => Dim::Symbol(s.clone()),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let facts = m.input_facts();
         let inner = Arc::new(ModelInner {
             sandbox: self.sandbox.clone(),
             facts,

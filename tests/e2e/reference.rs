@@ -14,22 +14,7 @@ fn check_against_onnx_runtime(fixture_path: &str) {
     let model = runtime.load_bundle(&bundle).unwrap();
 
     let manifest = fixture.manifest();
-    let facts = manifest
-        .inputs
-        .iter()
-        .map(|i| warden::guest::InputFact {
-            name: i.name.clone(),
-            dtype: i.dtype,
-            shape: i
-                .shape
-                .iter()
-                .map(|d| match d {
-                    warden::manifest::DimSpec::Fixed(n) => warden::guest::Dim::Fixed(*n),
-                    warden::manifest::DimSpec::Named(s) => warden::guest::Dim::Symbol(s.clone()),
-                })
-                .collect(),
-        })
-        .collect();
+    let facts = manifest.input_facts();
     // Native tract runs on its own thread: its AVX-512 kernels leave vector state behind that
     // slows the sandbox's code down badly on the same thread (see benches/README.md).
     let bytes = fixture.model_bytes();

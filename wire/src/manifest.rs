@@ -66,6 +66,29 @@ fn yes() -> bool {
     true
 }
 
+impl Manifest {
+    /// What the guest may assume about each input: its dtype and shape, named dimensions as
+    /// symbols.
+    pub fn input_facts(&self) -> Vec<crate::guest::InputFact> {
+        use crate::guest::{Dim, InputFact};
+        self.inputs
+            .iter()
+            .map(|i| InputFact {
+                name: i.name.clone(),
+                dtype: i.dtype,
+                shape: i
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        DimSpec::Fixed(n) => Dim::Fixed(*n),
+                        DimSpec::Named(s) => Dim::Symbol(s.clone()),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// One dimension in a manifest shape: a fixed size or a named dynamic one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

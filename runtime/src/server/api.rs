@@ -244,18 +244,7 @@ async fn infer(
     Path(name): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<InferResponse>> {
-    let mut entry = entry_for(&name, &bytes);
-    let result = match model(&state, &name, None) {
-        Ok(m) => {
-            note_model(&mut entry, &m);
-            match body(bytes) {
-                Ok(b) => run_infer(m, b).await,
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    audited(&state, entry, result).await
+    infer_at(&state, &name, None, bytes).await
 }
 
 async fn infer_version(
@@ -263,8 +252,18 @@ async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<InferResponse>> {
-    let mut entry = entry_for(&name, &bytes);
-    let result = match model(&state, &name, Some(&version)) {
+    infer_at(&state, &name, Some(&version), bytes).await
+}
+
+/// One audited KServe inference against `name` (at `version`, or the highest one).
+async fn infer_at(
+    state: &Arc<AppState>,
+    name: &str,
+    version: Option<&str>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<axum::Json<InferResponse>> {
+    let mut entry = entry_for(name, &bytes);
+    let result = match model(state, name, version) {
         Ok(m) => {
             note_model(&mut entry, &m);
             match body(bytes) {
@@ -274,7 +273,7 @@ async fn infer_version(
         }
         Err(e) => Err(e),
     };
-    audited(&state, entry, result).await
+    audited(state, entry, result).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -140,22 +140,6 @@ impl DeviceRegistry {
         Ok(KeyBlob { device_id, seed: key.to_bytes() })
     }
 
-    /// Registers an existing public key for a device id.
-    pub fn register(&mut self, id: &str, public: &VerifyingKey) -> Result<()> {
-        let mut next = self.devices.clone();
-        next.insert(
-            id.to_string(),
-            DeviceRecord {
-                public_key: hex::encode(public.as_bytes()),
-                key_id: hex::encode(key_id(public.as_bytes())),
-                revoked: false,
-            },
-        );
-        write_json(&self.path, &next)?;
-        self.devices = next;
-        Ok(())
-    }
-
     /// Revokes a device: its readings are refused from now on.
     pub fn revoke(&mut self, id: &str) -> Result<()> {
         let mut next = self.devices.clone();

@@ -57,6 +57,7 @@
 //! file system may also leave garbage spanning several lines at the tail; `open` refuses such a
 //! file and leaves it to an operator.)
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -129,7 +130,26 @@ struct Record {
     hash: String,
 }
 
+/// The client name budgets and rate limits use for requests without a token.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Answered queries per (client, model, version): what query budgets are charged with.
+pub type AnsweredQueries = HashMap<(String, String, u64), u64>;
+
 impl Record {
+    /// The (client, model, version) of an answered (`ok`) model query.
+    fn answered_query(&self) -> Option<(String, String, u64)> {
+        if self.outcome != "ok" {
+            return None;
+        }
+        let client = match (&self.client, &self.device) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => format!("device:{d}"),
+            (None, None) => ANONYMOUS.to_owned(),
+        };
+        Some((client, self.model.clone()?, self.version.as_deref()?.parse().ok()?))
+    }
+
     fn body(&self) -> Body<'_> {
         Body {
             seq: self.seq,
@@ -259,6 +279,8 @@ struct Scan {
     last_hash: String,
     /// Byte length of the valid prefix.
     valid_len: u64,
+    /// Answered queries per (client, model, version) in the valid records.
+    answered: AnsweredQueries,
     /// The first bad line, and whether it is the last line of the file.
     bad: Option<(u64, RecordFault, bool)>,
 }
@@ -266,7 +288,13 @@ struct Scan {
 fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
     let io = |source| AuditError::Io { path: path.to_path_buf(), source };
     let mut reader = BufReader::new(file);
-    let mut scan = Scan { records: 0, last_hash: GENESIS_PREV.to_owned(), valid_len: 0, bad: None };
+    let mut scan = Scan {
+        records: 0,
+        last_hash: GENESIS_PREV.to_owned(),
+        valid_len: 0,
+        bad: None,
+        answered: HashMap::new(),
+    };
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -276,7 +304,10 @@ fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
         }
         let seq = scan.records + 1;
         match check_line(&line, seq, &scan.last_hash) {
-            Ok(hash) => {
+            Ok((hash, record)) => {
+                if let Some(key) = record.answered_query() {
+                    *scan.answered.entry(key).or_insert(0) += 1;
+                }
                 scan.records = seq;
                 scan.last_hash = hash;
                 scan.valid_len += n as u64;
@@ -291,7 +322,7 @@ fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
 }
 
 /// Checks one line (with its `\n`, if any) at chain position `seq`; returns its hash.
-fn check_line(line: &[u8], seq: u64, prev: &str) -> Result<String, RecordFault> {
+fn check_line(line: &[u8], seq: u64, prev: &str) -> Result<(String, Record), RecordFault> {
     let Some(text) = line.strip_suffix(b"\n") else {
         return Err(RecordFault::Unterminated);
     };
@@ -309,7 +340,7 @@ fn check_line(line: &[u8], seq: u64, prev: &str) -> Result<String, RecordFault> 
     if expected != line {
         return Err(RecordFault::NotCanonical);
     }
-    Ok(hash)
+    Ok((hash, record))
 }
 
 /// Checks a whole log: every line a canonical record, `seq` continuous from 1, every `prev` the
@@ -353,6 +384,7 @@ pub struct AuditLog {
     file: File,
     state: Mutex<State>,
     wake: Condvar,
+    answered: Mutex<AnsweredQueries>,
 }
 
 impl AuditLog {
@@ -405,7 +437,20 @@ impl AuditLog {
             writing: false,
             poisoned: None,
         };
-        Ok(AuditLog { path, file, state: Mutex::new(state), wake: Condvar::new() })
+        Ok(AuditLog {
+            path,
+            file,
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            answered: Mutex::new(scan.answered),
+        })
+    }
+
+    /// Answered (`ok`) model queries per (client, model, version) found when the log was opened;
+    /// taken once (later calls return an empty map). Query budgets are charged from this, so they
+    /// survive restarts.
+    pub fn answered_queries(&self) -> AnsweredQueries {
+        std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The file's path.
@@ -718,6 +763,7 @@ mod tests {
                 poisoned: None,
             }),
             wake: Condvar::new(),
+            answered: Mutex::new(HashMap::new()),
         };
         assert!(matches!(log.append(&entry(0)), Err(AuditError::Io { .. })));
         assert!(matches!(log.append(&entry(1)), Err(AuditError::Poisoned { .. })));

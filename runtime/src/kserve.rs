@@ -1,8 +1,14 @@
-//! KServe v2 / Open Inference Protocol JSON: requests in, responses out.
+//! KServe v2 / Open Inference Protocol JSON: requests in, responses out, including Triton's
+//! binary tensor data extension (what `tritonclient` sends by default).
 //!
 //! Parse, don't validate: a request document becomes typed [`Tensor`]s here, once, with every
 //! number checked against its declared datatype. What the tensors mean is checked later against
 //! the signed manifest.
+//!
+//! Binary tensor data: the body is a JSON header of `Inference-Header-Content-Length` bytes
+//! followed by the raw little-endian data of every input whose `parameters.binary_data_size` is
+//! set, in input order. Outputs asked for with `parameters.binary_data` (or every output, with the
+//! request's `parameters.binary_data_output`) are answered the same way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,6 +16,9 @@ use warden_wire::DType;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, element_count};
+
+/// The HTTP header that carries the length of the JSON part of a binary-data body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// A KServe v2 inference request.
 #[derive(Clone, Debug, Deserialize)]
@@ -22,6 +31,9 @@ pub struct InferRequest {
     /// Requested outputs (all when absent).
     #[serde(default)]
     pub outputs: Option<Vec<RequestedOutput>>,
+    /// Request parameters; `binary_data_output` is the one Warden reads.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
 /// One input tensor of a request, as sent.
@@ -33,8 +45,15 @@ pub struct RequestTensor {
     pub shape: Vec<u64>,
     /// KServe datatype name.
     pub datatype: String,
-    /// Row-major values, flat or nested.
-    pub data: Value,
+    /// Row-major values, flat or nested (absent when the tensor is sent as binary data).
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// Tensor parameters; `binary_data_size` is the one Warden reads.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+    /// The tensor's raw bytes, when it came as binary data.
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
 }
 
 /// An output asked for by name.
@@ -42,6 +61,13 @@ pub struct RequestTensor {
 pub struct RequestedOutput {
     /// Name.
     pub name: String,
+    /// Output parameters; `binary_data` is the one Warden reads.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+}
+
+fn flag(params: Option<&serde_json::Map<String, Value>>, key: &str) -> bool {
+    params.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// A KServe v2 inference response.
@@ -67,14 +93,60 @@ pub struct ResponseTensor {
     pub shape: Vec<u64>,
     /// KServe datatype name.
     pub datatype: String,
-    /// Flat row-major values.
-    pub data: Vec<Value>,
+    /// Flat row-major values (absent when the tensor follows as binary data).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<Vec<Value>>,
+    /// `{"binary_data_size": N}` when the tensor follows as binary data.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parameters: Option<Value>,
 }
 
 impl InferRequest {
     /// Parses a request document.
     pub fn from_json(bytes: &[u8]) -> Result<InferRequest> {
         serde_json::from_slice(bytes).map_err(|e| Error::Request(e.to_string()))
+    }
+
+    /// Parses a request body: plain JSON when `header_len` is `None`, otherwise a JSON header of
+    /// `header_len` bytes followed by the binary data of the inputs that declare
+    /// `binary_data_size`, in order.
+    pub fn from_body(body: &[u8], header_len: Option<usize>) -> Result<InferRequest> {
+        let Some(n) = header_len else { return InferRequest::from_json(body) };
+        let (header, mut rest) = body.split_at_checked(n).ok_or_else(|| {
+            Error::Request(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len()))
+        })?;
+        let mut request = InferRequest::from_json(header)?;
+        for input in &mut request.inputs {
+            let Some(size) = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) else {
+                continue;
+            };
+            let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                Error::Request(format!("input {:?}: binary_data_size is not a size", input.name))
+            })?;
+            let (bytes, tail) = rest.split_at_checked(size).ok_or_else(|| {
+                Error::Request(format!(
+                    "input {:?}: binary_data_size {size} but only {} bytes follow",
+                    input.name,
+                    rest.len()
+                ))
+            })?;
+            input.raw = Some(bytes.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(Error::Request(format!("{} bytes of binary data belong to no input", rest.len())));
+        }
+        Ok(request)
+    }
+
+    /// Whether output `name` is to be answered as binary data.
+    pub fn wants_binary(&self, name: &str) -> bool {
+        match self.outputs.as_ref().and_then(|o| o.iter().find(|o| o.name == name)) {
+            Some(o) if o.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data")) => {
+                flag(o.parameters.as_ref(), "binary_data")
+            }
+            _ => flag(self.parameters.as_ref(), "binary_data_output"),
+        }
     }
 
     /// Turns the inputs into typed tensors.
@@ -97,8 +169,29 @@ impl RequestTensor {
         let dtype = DType::from_kserve_name(&self.datatype)
             .ok_or_else(|| bad(format!("unsupported datatype {:?}", self.datatype)))?;
         let count = element_count(&self.shape).ok_or_else(|| bad("shape overflows".into()))?;
+        if let Some(raw) = &self.raw {
+            let expected = count.checked_mul(dtype.size()).ok_or_else(|| bad("shape overflows".into()))?;
+            if raw.len() != expected {
+                return Err(bad(format!(
+                    "{} bytes of binary data for shape {:?} of {} ({expected} bytes)",
+                    raw.len(),
+                    self.shape,
+                    self.datatype
+                )));
+            }
+            if dtype == DType::Bool && raw.iter().any(|b| *b > 1) {
+                return Err(bad("a BOOL byte is neither 0 nor 1".into()));
+            }
+            return Ok(Tensor {
+                name: self.name.clone(),
+                dtype,
+                shape: self.shape.clone(),
+                data: raw.clone(),
+            });
+        }
+        let data = self.data.as_ref().ok_or_else(|| bad("no data and no binary_data_size".into()))?;
         let mut values = Vec::new();
-        flatten(&self.data, &mut values);
+        flatten(data, &mut values);
         if values.len() != count {
             return Err(bad(format!(
                 "{} values for shape {:?} ({count} elements)",
@@ -174,8 +267,63 @@ impl ResponseTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),
             datatype: t.dtype.kserve_name().into(),
-            data,
+            data: Some(data),
+            parameters: None,
         }
+    }
+
+    /// Describes a tensor whose bytes follow the JSON header as binary data.
+    pub fn binary(t: &Tensor) -> ResponseTensor {
+        ResponseTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            datatype: t.dtype.kserve_name().into(),
+            data: None,
+            parameters: Some(serde_json::json!({ "binary_data_size": t.data.len() })),
+        }
+    }
+}
+
+/// An encoded response body: JSON, or a JSON header of `header_len` bytes followed by binary
+/// tensor data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseBody {
+    /// The exact bytes to send.
+    pub bytes: Vec<u8>,
+    /// `Some(n)`: the first `n` bytes are JSON (send `Inference-Header-Content-Length: n`).
+    pub header_len: Option<usize>,
+}
+
+impl InferResponse {
+    /// Builds the response for `outputs`, each as JSON values or, where `binary` says so, as
+    /// binary data, and encodes it.
+    pub fn encode(
+        model_name: String,
+        model_version: String,
+        id: Option<String>,
+        outputs: &[Tensor],
+        binary: impl Fn(&str) -> bool,
+    ) -> ResponseBody {
+        let mut tail = Vec::new();
+        let tensors = outputs
+            .iter()
+            .map(|t| {
+                if binary(&t.name) {
+                    tail.extend_from_slice(&t.data);
+                    ResponseTensor::binary(t)
+                } else {
+                    ResponseTensor::from_tensor(t)
+                }
+            })
+            .collect();
+        let response = InferResponse { model_name, model_version, id, outputs: tensors };
+        let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+        if tail.is_empty() {
+            return ResponseBody { bytes, header_len: None };
+        }
+        let header_len = bytes.len();
+        bytes.extend_from_slice(&tail);
+        ResponseBody { bytes, header_len: Some(header_len) }
     }
 }
 
@@ -186,5 +334,75 @@ impl Tensor {
 
     fn to_u64_at(&self, i: usize) -> Option<u64> {
         Some(u64::from_le_bytes(self.data.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn body(header: &Value, tail: &[u8]) -> (Vec<u8>, usize) {
+        let mut bytes = header.to_string().into_bytes();
+        let n = bytes.len();
+        bytes.extend_from_slice(tail);
+        (bytes, n)
+    }
+
+    #[test]
+    fn binary_inputs_are_taken_in_order_and_sizes_must_agree() {
+        let header = serde_json::json!({"inputs": [
+            {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+            {"name": "b", "shape": [1], "datatype": "INT64", "data": [7]},
+            {"name": "c", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}},
+        ]});
+        let mut tail: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+        tail.extend_from_slice(&(-3i64).to_le_bytes());
+        let (bytes, n) = body(&header, &tail);
+        let tensors = InferRequest::from_body(&bytes, Some(n)).unwrap().tensors().unwrap();
+        assert_eq!(tensors[0].to_f32().unwrap(), [1.5, -2.0]);
+        assert_eq!(tensors[1].to_i64().unwrap(), [7]);
+        assert_eq!(tensors[2].to_i64().unwrap(), [-3]);
+
+        let (short, n) = body(&header, &tail[..12]);
+        assert!(
+            matches!(InferRequest::from_body(&short, Some(n)), Err(Error::Request(m)) if m.contains("only"))
+        );
+        let mut long = tail.clone();
+        long.push(0);
+        let (long, n) = body(&header, &long);
+        assert!(
+            matches!(InferRequest::from_body(&long, Some(n)), Err(Error::Request(m)) if m.contains("belong to no input"))
+        );
+        assert!(InferRequest::from_body(&bytes, Some(bytes.len() + 1)).is_err());
+
+        let wrong = serde_json::json!({"inputs": [
+            {"name": "a", "shape": [3], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]});
+        let (bytes, n) = body(&wrong, &tail[..8]);
+        let err = InferRequest::from_body(&bytes, Some(n)).unwrap().tensors().unwrap_err();
+        assert!(err.to_string().contains("12 bytes"), "{err}");
+    }
+
+    #[test]
+    fn binary_outputs_follow_the_json_header() {
+        let outputs = [Tensor::from_f32("p", &[2], &[0.25, 0.75]), Tensor::from_i64("l", &[1], &[1])];
+        let request: InferRequest = serde_json::from_value(serde_json::json!({
+            "inputs": [], "outputs": [{"name": "p", "parameters": {"binary_data": true}}, {"name": "l"}]
+        }))
+        .unwrap();
+        let body = InferResponse::encode("m".into(), "1".into(), None, &outputs, |n| request.wants_binary(n));
+        let n = body.header_len.unwrap();
+        let head: Value = serde_json::from_slice(&body.bytes[..n]).unwrap();
+        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(head["outputs"][0].get("data").is_none());
+        assert_eq!(head["outputs"][1]["data"], serde_json::json!([1]));
+        assert_eq!(&body.bytes[n..], &outputs[0].data[..]);
+        let all: InferRequest = serde_json::from_value(
+            serde_json::json!({"inputs": [], "parameters": {"binary_data_output": true}}),
+        )
+        .unwrap();
+        assert!(all.wants_binary("l"));
+        let json = InferResponse::encode("m".into(), "1".into(), None, &outputs, |_| false);
+        assert_eq!(json.header_len, None);
     }
 }

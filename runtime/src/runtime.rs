@@ -373,6 +373,11 @@ impl Model {
         self.load_time
     }
 
+    /// Most inferences this model runs at once (its pool of sandbox instances).
+    pub fn max_instances(&self) -> usize {
+        self.inner.max_instances
+    }
+
     /// How many inferences reached the sandbox (refused inputs never do).
     pub fn sandbox_runs(&self) -> u64 {
         self.inner.runs.load(Ordering::Relaxed)

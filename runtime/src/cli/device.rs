@@ -32,16 +32,8 @@ pub(super) enum DeviceCommand {
     List,
 }
 
-fn state_dir(global: &Global) -> Result<PathBuf> {
-    global
-        .state_dir
-        .clone()
-        .or_else(warden::default_state_dir)
-        .context("no state directory: pass --state-dir or set HOME")
-}
-
 pub(super) fn run(global: &Global, cmd: DeviceCommand) -> Result<()> {
-    let mut registry = DeviceRegistry::open(&state_dir(global)?)?;
+    let mut registry = DeviceRegistry::open(&global.state_dir()?)?;
     match cmd {
         DeviceCommand::Provision { id, out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -4,6 +4,7 @@ mod audit;
 mod device;
 mod model;
 mod serve;
+mod token;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,12 @@ enum Command {
     },
     /// Serve the model repository over the KServe v2 / Open Inference Protocol REST API.
     Serve(serve::ServeArgs),
+    /// Create, revoke and list the client tokens `warden serve` accepts.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Make TLS certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Measure a signed model in the sandbox: load time, then per-inference median and p99.
     Bench {
         /// Directory of trusted publisher keys.
@@ -111,6 +118,16 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and key (cert.pem, key.pem) for localhost, to try TLS out.
+    Dev {
+        /// Directory to write them to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
 /// Exit codes: 1 other failures, 3 a refused bundle or key, 4 a refused request, 5 the sandbox
 /// stopped the model (trap, timeout, memory cap).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
@@ -123,6 +140,14 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 impl Global {
+    /// `--state-dir`, else the default one.
+    fn state_dir(&self) -> Result<PathBuf> {
+        self.state_dir
+            .clone()
+            .or_else(warden::default_state_dir)
+            .context("no state directory: pass --state-dir or set HOME")
+    }
+
     fn runtime(&self, trust: Option<&Path>) -> Result<Runtime> {
         let mut b: RuntimeBuilder = Runtime::builder()
             .memory_limit(usize::try_from(self.memory_mib << 20).context("--memory-mib too large")?)
@@ -178,6 +203,8 @@ pub fn run(cli: Cli) -> Result<()> {
             device::ingest(&cli.global, trust, bundle_dir, from, freshness_secs)
         }
         Command::Serve(args) => serve::run(&cli.global, args),
+        Command::Token(cmd) => token::run(&cli.global, cmd),
+        Command::Cert(CertCommand::Dev { out }) => token::dev_cert(&out),
         Command::Bench { trust, bundle_dir, input, iterations, json } => {
             bench(&cli.global, &trust, &bundle_dir, &input, iterations.max(1), json)
         }

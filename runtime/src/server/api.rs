@@ -1,10 +1,11 @@
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -14,32 +15,58 @@ use warden_wire::manifest::DimSpec;
 use warden_wire::reading::SignedReading;
 
 use super::AppState;
-use crate::audit::AuditEntry;
+use super::limits::LimitError;
+use super::metrics::{ModelLabels, QueueLabels, ReasonLabels, RequestLabels, SandboxLabels};
+use super::tokens::TokenRecord;
+use crate::audit::{ANONYMOUS, AuditEntry};
 use crate::error::{Error, SandboxError};
-use crate::kserve::{InferRequest, InferResponse, ResponseTensor};
+use crate::kserve::{HEADER_LENGTH, InferRequest, InferResponse, ResponseBody};
 use crate::runtime::Model;
+use crate::tensor::Tensor;
 use crate::trust::{ReadingError, reading_to_input};
 
 /// An error answered as `{"error": "..."}`.
-struct ApiError(StatusCode, String);
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// Counted under `warden_refusals_total{reason}`; empty for sandbox and server failures.
+    reason: &'static str,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), reason, retry_after: None }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        let headers = response.headers_mut();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.reason == "unauthenticated" {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"warden\""));
+        }
+        response
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        let status = match &e {
-            Error::Input(_) | Error::Request(_) => StatusCode::BAD_REQUEST,
-            Error::Sandbox(SandboxError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+        let (status, reason) = match &e {
+            Error::Input(_) | Error::Request(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Sandbox(SandboxError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, ""),
             Error::Sandbox(SandboxError::Guest { kind: crate::GuestErrorKind::Input, .. }) => {
-                StatusCode::BAD_REQUEST
+                (StatusCode::BAD_REQUEST, "bad_request")
             }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ""),
         };
-        ApiError(status, e.to_string())
+        ApiError::new(status, reason, e.to_string())
     }
 }
 
@@ -54,43 +81,107 @@ impl From<ReadingError> for ApiError {
             ReadingError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError(status, e.to_string())
+        ApiError::new(status, "reading", e.to_string())
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> ApiError {
+        let (status, reason, retry_after) = match &e {
+            LimitError::RateLimited { retry_after, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some(*retry_after))
+            }
+            LimitError::BudgetExhausted { .. } => (StatusCode::TOO_MANY_REQUESTS, "budget", None),
+            LimitError::QueueFull(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(Duration::from_secs(1)))
+            }
+        };
+        ApiError { status, message: e.to_string(), reason, retry_after }
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// An inference answer: JSON, or JSON followed by binary tensor data.
+#[derive(Debug)]
+struct Reply(ResponseBody);
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let ResponseBody { bytes, header_len } = self.0;
+        match header_len {
+            None => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+                .into_response(),
+            Some(n) => (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                    (HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(n)),
+                ],
+                bytes,
+            )
+                .into_response(),
+        }
+    }
+}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Records the request's outcome in the audit log, durably, before it is answered. If the log
-/// cannot take it, the request is answered 503 instead: nothing is acknowledged unrecorded.
+/// Records the request's outcome in the audit log, durably, before it is answered, and counts it
+/// in the metrics. If the log cannot take it, the request is answered 503 instead: nothing is
+/// acknowledged unrecorded.
 async fn audited(
     state: &Arc<AppState>,
+    endpoint: &'static str,
+    started: Instant,
     mut entry: AuditEntry,
-    result: ApiResult<InferResponse>,
-) -> ApiResult<axum::Json<InferResponse>> {
+    result: ApiResult<Reply>,
+) -> Response {
     match &result {
-        Ok(response) => {
+        Ok(reply) => {
             entry.outcome = "ok".into();
-            entry.output_sha256 = serde_json::to_vec(response).ok().map(|b| sha256_hex(&b));
+            entry.output_sha256 = Some(sha256_hex(&reply.0.bytes));
         }
-        Err(ApiError(status, message)) => entry.outcome = format!("{} {message}", status.as_u16()),
+        Err(e) => entry.outcome = format!("{} {}", e.status.as_u16(), e.message),
     }
-    let state = state.clone();
-    match tokio::task::spawn_blocking(move || state.audit.append(&entry)).await {
-        Ok(Ok(_)) => result.map(axum::Json),
+    // Only resolved models label metrics: request paths must not grow the label set.
+    let model = entry.version.as_ref().and(entry.model.clone()).unwrap_or_default();
+    let state2 = state.clone();
+    let result = match tokio::task::spawn_blocking(move || state2.audit.append(&entry)).await {
+        Ok(Ok(_)) => {
+            state.metrics.audit_records.inc();
+            result
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "audit append failed; refusing to answer");
-            Err(ApiError(
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "audit log unavailable; request not acknowledged".into(),
+                "audit",
+                "audit log unavailable; request not acknowledged",
             ))
         }
-        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("audit task failed: {e}"))),
-    }
+        Err(e) => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("audit task failed: {e}")))
+        }
+    };
+    let metrics = &state.metrics;
+    let code = match &result {
+        Ok(_) => 200,
+        Err(e) => {
+            if !e.reason.is_empty() {
+                metrics.refusals.get_or_create(&ReasonLabels { reason: e.reason }).inc();
+            }
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                metrics.rate_limited.inc();
+            }
+            e.status.as_u16()
+        }
+    };
+    metrics.requests.get_or_create(&RequestLabels { endpoint, model: model.clone(), code }).inc();
+    metrics.latency.get_or_create(&ModelLabels { endpoint, model }).observe(started.elapsed().as_secs_f64());
+    result.into_response()
 }
 
 fn entry_for(name: &str, bytes: &Result<Bytes, BytesRejection>) -> AuditEntry {
@@ -104,6 +195,40 @@ fn entry_for(name: &str, bytes: &Result<Bytes, BytesRejection>) -> AuditEntry {
 fn note_model(entry: &mut AuditEntry, model: &Model) {
     entry.version = Some(model.manifest().version.to_string());
     entry.model_sha256 = Some(model.manifest().model_sha256.clone());
+}
+
+/// Who is calling: a token's record, or nobody (tokens not required).
+#[derive(Debug)]
+struct Client(Option<TokenRecord>);
+
+impl Client {
+    /// The key rate limits and budgets are kept under.
+    fn key(&self) -> &str {
+        self.0.as_ref().map_or(ANONYMOUS, |r| r.name.as_str())
+    }
+
+    fn may_call(&self, model: &str) -> ApiResult<()> {
+        match &self.0 {
+            Some(r) if !r.allows(model) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("token {:?} may not call model {model:?}", r.name),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Client> {
+    if !state.auth.required() {
+        return Ok(Client(None));
+    }
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .authenticate(header)
+        .map(|r| Client(Some(r)))
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
 }
 
 pub(super) fn router(state: Arc<AppState>) -> Router {
@@ -120,7 +245,8 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
         .route("/v2/repository/index", post(index))
         .route("/v1/readings", post(readings))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -128,30 +254,42 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
 fn model(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<Model> {
     let version = version
         .map(|v| {
-            v.parse::<u64>().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("bad version {v:?}")))
+            v.parse::<u64>().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad version {v:?}"))
+            })
         })
         .transpose()?;
     state.repository.get(name, version).ok_or_else(|| {
         let what = version.map_or_else(|| name.to_string(), |v| format!("{name} version {v}"));
-        ApiError(StatusCode::NOT_FOUND, format!("unknown model {what}"))
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_model", format!("unknown model {what}"))
     })
+}
+
+/// A model the caller may see: authenticated, in its token's scope, loaded.
+fn visible_model(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    version: Option<&str>,
+) -> ApiResult<Model> {
+    authenticate(state, headers)?.may_call(name)?;
+    model(state, name, version)
 }
 
 fn body(bytes: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     bytes.map_err(|r| {
         let status = r.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body too large".to_string()
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "too_large", "request body too large")
         } else {
-            r.body_text()
-        };
-        ApiError(status, message)
+            ApiError::new(status, "bad_request", r.body_text())
+        }
     })
 }
 
 async fn server_metadata() -> axum::Json<Value> {
     axum::Json(
-        json!({ "name": "warden", "version": env!("CARGO_PKG_VERSION"), "extensions": ["model_repository"] }),
+        json!({ "name": "warden", "version": env!("CARGO_PKG_VERSION"), "extensions": ["model_repository", "binary_tensor_data"] }),
     )
 }
 
@@ -180,100 +318,167 @@ fn describe(state: &AppState, model: &Model) -> Value {
 
 async fn metadata(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    let model = model(&state, &name, None)?;
+    let model = visible_model(&state, &headers, &name, None)?;
     Ok(axum::Json(describe(&state, &model)))
 }
 
 async fn metadata_version(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<Value>> {
-    let model = model(&state, &name, Some(&version))?;
+    let model = visible_model(&state, &headers, &name, Some(&version))?;
     Ok(axum::Json(describe(&state, &model)))
 }
 
-async fn ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<axum::Json<Value>> {
-    model(&state, &name, None)?;
+async fn ready(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    visible_model(&state, &headers, &name, None)?;
     Ok(axum::Json(json!({ "name": name, "ready": true })))
 }
 
 async fn ready_version(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<Value>> {
-    model(&state, &name, Some(&version))?;
+    visible_model(&state, &headers, &name, Some(&version))?;
     Ok(axum::Json(json!({ "name": name, "ready": true })))
 }
 
-async fn index(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+/// The repository index: the models the caller's token may call.
+async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<axum::Json<Value>> {
+    let client = authenticate(&state, &headers)?;
     let entries: Vec<Value> = state
         .repository
         .index()
         .into_iter()
+        .filter(|(name, _)| client.may_call(name).is_ok())
         .map(|(name, v)| json!({ "name": name, "version": v.to_string(), "state": "READY" }))
         .collect();
-    axum::Json(Value::Array(entries))
+    Ok(axum::Json(Value::Array(entries)))
 }
 
-async fn run_infer(model: Model, bytes: Bytes) -> ApiResult<InferResponse> {
-    let response = tokio::task::spawn_blocking(move || -> ApiResult<InferResponse> {
-        let request = InferRequest::from_json(&bytes)?;
-        let mut outputs = model.infer(request.tensors()?)?;
-        if let Some(wanted) = &request.outputs {
-            if let Some(w) = wanted.iter().find(|w| !outputs.iter().any(|o| o.name == w.name)) {
-                return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown output {:?}", w.name)));
-            }
-            outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
-        }
-        Ok(InferResponse {
-            model_name: model.manifest().name.clone(),
-            model_version: model.manifest().version.to_string(),
-            id: request.id,
-            outputs: outputs.iter().map(ResponseTensor::from_tensor).collect(),
+/// Prometheus metrics; behind a token when tokens are required.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authenticate(&state, &headers)?;
+    for (model, depth) in state.limits.queue_depths(&state.repository.models()) {
+        state.metrics.queue_depth.get_or_create(&QueueLabels { model }).set(depth as i64);
+    }
+    state.metrics.models_loaded.set(state.repository.index().len() as i64);
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response())
+}
+
+fn count_sandbox_failure(state: &AppState, model: &str, e: &Error) {
+    let kind = match e {
+        Error::Sandbox(SandboxError::Timeout(_)) => "timeout",
+        Error::Sandbox(SandboxError::MemoryCap(_)) => "memory_cap",
+        Error::Sandbox(SandboxError::Trap(_)) => "trap",
+        _ => return,
+    };
+    state.metrics.sandbox_failures.get_or_create(&SandboxLabels { model: model.to_owned(), kind }).inc();
+}
+
+/// Runs `inputs` through `model` on a blocking thread (validation, sandbox, output policy).
+async fn run_model(state: &Arc<AppState>, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
+    let (state2, model2) = (state.clone(), model.clone());
+    tokio::task::spawn_blocking(move || {
+        model2.infer(inputs).map_err(|e| {
+            count_sandbox_failure(&state2, &model2.manifest().name, &e);
+            ApiError::from(e)
         })
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")))??;
-    Ok(response)
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"))
+    })?
 }
 
 async fn infer(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
-) -> ApiResult<axum::Json<InferResponse>> {
-    infer_at(&state, &name, None, bytes).await
+) -> Response {
+    infer_at(&state, &headers, &name, None, bytes).await
 }
 
 async fn infer_version(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
-) -> ApiResult<axum::Json<InferResponse>> {
-    infer_at(&state, &name, Some(&version), bytes).await
+) -> Response {
+    infer_at(&state, &headers, &name, Some(&version), bytes).await
 }
 
 /// One audited KServe inference against `name` (at `version`, or the highest one).
 async fn infer_at(
     state: &Arc<AppState>,
+    headers: &HeaderMap,
     name: &str,
     version: Option<&str>,
     bytes: Result<Bytes, BytesRejection>,
-) -> ApiResult<axum::Json<InferResponse>> {
+) -> Response {
+    let started = Instant::now();
     let mut entry = entry_for(name, &bytes);
-    let result = match model(state, name, version) {
-        Ok(m) => {
-            note_model(&mut entry, &m);
-            match body(bytes) {
-                Ok(b) => run_infer(m, b).await,
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
+    let result = kserve_infer(state, headers, name, version, bytes, &mut entry).await;
+    audited(state, "infer", started, entry, result).await
+}
+
+async fn kserve_infer(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    name: &str,
+    version: Option<&str>,
+    bytes: Result<Bytes, BytesRejection>,
+    entry: &mut AuditEntry,
+) -> ApiResult<Reply> {
+    let client = authenticate(state, headers)?;
+    entry.client = client.0.as_ref().map(|r| r.name.clone());
+    client.may_call(name)?;
+    let model = model(state, name, version)?;
+    note_model(entry, &model);
+    state.limits.check_client(client.key())?;
+    let budget = state.limits.admit(client.key(), &model)?;
+    let _queued = state.limits.enqueue(&model)?;
+    let bytes = body(bytes)?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad {HEADER_LENGTH} header"))
+        })?),
     };
-    audited(state, entry, result).await
+    let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
+    let inputs = request.tensors()?;
+    let mut outputs = run_model(state, &model, inputs).await?;
+    if let Some(wanted) = &request.outputs {
+        if let Some(w) = wanted.iter().find(|w| !outputs.iter().any(|o| o.name == w.name)) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown output {:?}", w.name),
+            ));
+        }
+        outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
+    }
+    let m = model.manifest();
+    let reply =
+        InferResponse::encode(m.name.clone(), m.version.to_string(), request.id.clone(), &outputs, |n| {
+            request.wants_binary(n)
+        });
+    budget.commit();
+    Ok(Reply(reply))
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,17 +493,19 @@ struct ReadingJson {
 }
 
 /// `POST /v1/readings[?model=NAME]`: a signed reading as raw postcard bytes, or JSON
-/// `{"reading": "<base64 of the postcard bytes>"}`. Answers with the inference.
+/// `{"reading": "<base64 of the postcard bytes>"}`. Answers with the inference. The device's
+/// signature authenticates the request; no bearer token is needed.
 async fn readings(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ReadingsQuery>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
-) -> ApiResult<axum::Json<InferResponse>> {
+) -> Response {
+    let started = Instant::now();
     let mut entry = entry_for("", &bytes);
     entry.model = query.model.clone();
     let result = reading(&state, &query, &headers, bytes, &mut entry).await;
-    audited(&state, entry, result).await
+    audited(&state, "readings", started, entry, result).await
 }
 
 async fn reading(
@@ -307,32 +514,34 @@ async fn reading(
     headers: &HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
     entry: &mut AuditEntry,
-) -> ApiResult<InferResponse> {
+) -> ApiResult<Reply> {
     let bytes = body(bytes)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
     let raw = if is_json {
-        let doc: ReadingJson = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad reading JSON: {e}")))?;
+        let doc: ReadingJson =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad reading JSON: {e}")))?;
         base64::engine::general_purpose::STANDARD
             .decode(doc.reading.as_bytes())
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad base64: {e}")))?
+            .map_err(|e| bad(format!("bad base64: {e}")))?
     } else {
         bytes.to_vec()
     };
-    let signed = SignedReading::decode(&raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    entry.device = Some(signed.reading.device_id.to_string());
+    let signed = SignedReading::decode(&raw).map_err(|e| bad(e.to_string()))?;
+    let device = signed.reading.device_id.to_string();
+    entry.device = Some(device.clone());
     let model = match &query.model {
         Some(name) => model(state, name, None)?,
         None => {
             let mut candidates = state.repository.reading_models();
             if candidates.len() != 1 {
-                return Err(ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("{} models take readings: name one with ?model=NAME", candidates.len()),
-                ));
+                return Err(bad(format!(
+                    "{} models take readings: name one with ?model=NAME",
+                    candidates.len()
+                )));
             }
             candidates.remove(0)
         }
@@ -340,25 +549,25 @@ async fn reading(
     entry.model = Some(model.manifest().name.clone());
     note_model(entry, &model);
     if model.manifest().readings.is_none() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("model {} takes no readings", model.manifest().name),
-        ));
+        return Err(bad(format!("model {} takes no readings", model.manifest().name)));
     }
+    // Shape first and the signature next (no state change), then the limits, and only then is
+    // the counter recorded: a refused reading never uses up its counter.
+    let input = reading_to_input(model.manifest(), &signed)?;
+    state.verifier.authenticate(&signed, std::time::SystemTime::now())?;
+    let key = format!("device:{device}");
+    state.limits.check_device(&device)?;
+    let budget = state.limits.admit(&key, &model)?;
+    let _queued = state.limits.enqueue(&model)?;
     let state2 = state.clone();
-    let response = tokio::task::spawn_blocking(move || -> ApiResult<InferResponse> {
-        // Shape first (no state change), then verification, which records the counter.
-        let input = reading_to_input(model.manifest(), &signed)?;
-        state2.verifier.verify(&signed, std::time::SystemTime::now())?;
-        let outputs = model.infer(vec![input])?;
-        Ok(InferResponse {
-            model_name: model.manifest().name.clone(),
-            model_version: model.manifest().version.to_string(),
-            id: Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter)),
-            outputs: outputs.iter().map(ResponseTensor::from_tensor).collect(),
-        })
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading task failed: {e}")))??;
-    Ok(response)
+    let signed2 = signed.clone();
+    tokio::task::spawn_blocking(move || state2.verifier.record(&signed2)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("reading task failed: {e}"))
+    })??;
+    let outputs = run_model(state, &model, vec![input]).await?;
+    let m = model.manifest();
+    let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
+    let reply = InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false);
+    budget.commit();
+    Ok(Reply(reply))
 }

@@ -6,14 +6,21 @@
 //! threads; each model's instance pool bounds how many run at once.
 
 mod api;
+pub mod limits;
+pub mod metrics;
 mod repository;
+pub mod tls;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use repository::Repository;
+pub use limits::{HostLimits, LimitError, Limits};
+pub use repository::{ReloadReport, Repository};
+pub use tls::TlsFiles;
+pub use tokens::{Authenticator, TokenStore};
 
 use crate::runtime::Runtime;
 use crate::trust::ReadingVerifier;
@@ -29,9 +36,18 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Readings with a timestamp must be within this of the host clock.
     pub freshness: Duration,
-    /// Serve plain HTTP on a non-loopback address. By default `false`: plain HTTP only on
-    /// loopback (TLS is not implemented yet).
+    /// Serve HTTPS with these files. By default `None`: plain HTTP, on loopback only.
+    pub tls: Option<TlsFiles>,
+    /// Require a bearer token on every model request even when no token store exists yet. By
+    /// default `false`; tokens are required anyway once `warden token create` has made the store,
+    /// and whenever the daemon listens on a non-loopback address.
+    pub require_tokens: bool,
+    /// Host-wide rate limits and queue depth.
+    pub limits: HostLimits,
+    /// Serve plain HTTP on a non-loopback address. By default `false`.
     pub dangerous_plain_http_on_network: bool,
+    /// Serve a non-loopback address without requiring tokens. By default `false`.
+    pub dangerous_no_auth_on_network: bool,
 }
 
 impl Default for ServerConfig {
@@ -41,8 +57,30 @@ impl Default for ServerConfig {
             repo: PathBuf::from("models/repo"),
             max_body_bytes: 8 << 20,
             freshness: Duration::from_secs(300),
+            tls: None,
+            require_tokens: false,
+            limits: HostLimits {
+                client_requests_per_minute: None,
+                device_readings_per_minute: Some(600),
+                queue_depth: 64,
+            },
             dangerous_plain_http_on_network: false,
+            dangerous_no_auth_on_network: false,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The checks that need no state: plain HTTP only on loopback (unless dangerously allowed),
+    /// and TLS files that load.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.dangerous_plain_http_on_network {
+            return Err(ServeError::PlainHttpOnNetwork(self.listen));
+        }
+        if let Some(files) = &self.tls {
+            tls::server_config(files)?;
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +93,12 @@ pub struct AppState {
     pub verifier: ReadingVerifier,
     /// Every inference request, accepted or refused, is recorded here before it is answered.
     pub audit: crate::audit::AuditLog,
+    /// Client tokens.
+    pub auth: Authenticator,
+    /// Rate limits, budgets and queues.
+    pub limits: Limits,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
     /// Settings.
     pub config: ServerConfig,
 }
@@ -71,6 +115,14 @@ pub enum ServeError {
     /// The audit log could not be opened (or its chain is broken before the last record).
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A network address without tokens required, without the dangerous opt-in.
+    #[error(
+        "refusing to serve {0} without client tokens: create one with `warden token create` (dangerous_no_auth_on_network overrides)"
+    )]
+    NoAuthOnNetwork(SocketAddr),
     /// Listening or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -81,22 +133,36 @@ pub enum ServeError {
 
 /// Loads the repository and readies the state; call [`serve`] next.
 pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
-    if !config.listen.ip().is_loopback() && !config.dangerous_plain_http_on_network {
-        return Err(ServeError::PlainHttpOnNetwork(config.listen));
+    config.check()?;
+    let network = !config.listen.ip().is_loopback();
+    let auth = Authenticator::open(runtime.state_dir(), config.require_tokens || network)?;
+    if network && !auth.required() && !config.dangerous_no_auth_on_network {
+        return Err(ServeError::NoAuthOnNetwork(config.listen));
     }
     let verifier = ReadingVerifier::open(runtime.state_dir(), config.freshness)?;
     let audit = crate::audit::AuditLog::open(runtime.state_dir().join("audit.log"))?;
+    let limits = Limits::new(config.limits, audit.answered_queries());
     let repository = Repository::load(runtime, &config.repo);
-    Ok(Arc::new(AppState { repository, verifier, audit, config }))
+    let metrics = metrics::Metrics::default();
+    metrics.models_loaded.set(repository.index().len() as i64);
+    Ok(Arc::new(AppState { repository, verifier, audit, auth, limits, metrics, config }))
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Serves on `listener` (TLS when the config says so) until `shutdown` completes, then drains
+/// in-flight requests.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = state.config.tls.as_ref().map(tls::server_config).transpose()?;
     let app = api::router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
+    }
     Ok(())
 }

@@ -1,60 +1,137 @@
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::runtime::{Model, Runtime};
+use crate::trust::SIGNATURE_FILE;
+
+/// A served model and the signature file it was loaded from (to tell a changed bundle on reload).
+#[derive(Clone, Debug)]
+struct Loaded {
+    model: Model,
+    signature: Vec<u8>,
+}
+
+type Models = BTreeMap<String, BTreeMap<u64, Loaded>>;
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Bundles loaded (new, or changed and accepted), as `name/version`.
+    pub loaded: Vec<String>,
+    /// Bundles no longer in the repository, no longer served.
+    pub removed: Vec<String>,
+    /// Bundles refused, with why; a refused change leaves the old bundle serving.
+    pub refused: Vec<(String, String)>,
+}
 
 /// The models being served: every bundle of `<repo>/<name>/<version>/` that verified and loaded.
 /// A refused bundle is reported and skipped; the others serve.
 #[derive(Debug)]
 pub struct Repository {
     runtime: Arc<Runtime>,
-    models: RwLock<BTreeMap<String, BTreeMap<u64, Model>>>,
-    refused: Vec<(String, String)>,
+    root: PathBuf,
+    models: RwLock<Models>,
+    refused: Mutex<Vec<(String, String)>>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+/// `(version, dir)` of every version directory, ascending, per model directory.
+fn scan(repo: &Path, refused: &mut Vec<(String, String)>) -> Vec<(u64, PathBuf)> {
+    let mut dirs: Vec<_> = std::fs::read_dir(repo)
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_else(|e| {
+            refused.push((repo.display().to_string(), e.to_string()));
+            Vec::new()
+        });
+    dirs.sort();
+    let mut all = Vec::new();
+    for name_dir in dirs {
+        let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(&name_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok().map(|v| (v, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Ascending, so rollback protection sees versions in order.
+        versions.sort();
+        all.extend(versions);
+    }
+    all
 }
 
 impl Repository {
     /// Loads every bundle under `repo`.
     pub fn load(runtime: Arc<Runtime>, repo: &Path) -> Repository {
-        let mut models: BTreeMap<String, BTreeMap<u64, Model>> = BTreeMap::new();
-        let mut refused = Vec::new();
-        let mut dirs: Vec<_> = std::fs::read_dir(repo)
-            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
-            .unwrap_or_else(|e| {
-                refused.push((repo.display().to_string(), e.to_string()));
-                Vec::new()
-            });
-        dirs.sort();
-        for name_dir in dirs {
-            let mut versions: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&name_dir)
-                .map(|entries| {
-                    entries
-                        .filter_map(|e| e.ok())
-                        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok().map(|v| (v, e.path())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Ascending, so rollback protection sees versions in order.
-            versions.sort();
-            for (version, dir) in versions {
-                match runtime.load_bundle(&dir) {
-                    Ok(model) => {
-                        tracing::info!(model = %model.manifest().name, version, "loaded");
-                        models.entry(model.manifest().name.clone()).or_default().insert(version, model);
-                    }
-                    Err(e) => {
-                        tracing::error!(bundle = %dir.display(), error = %e, "refused");
-                        refused.push((dir.display().to_string(), e.to_string()));
+        let repository = Repository {
+            runtime,
+            root: repo.to_path_buf(),
+            models: RwLock::new(BTreeMap::new()),
+            refused: Mutex::new(Vec::new()),
+            reloading: Mutex::new(()),
+        };
+        repository.reload();
+        repository
+    }
+
+    /// Scans the repository again: new and changed bundles are verified and loaded, bundles gone
+    /// from disk stop being served. A bundle that is refused (bad signature, rollback, a model
+    /// that does not load) leaves what was serving under its name and version in place.
+    pub fn reload(&self) -> ReloadReport {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = ReloadReport::default();
+        let old = self.models.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut next: Models = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (version, dir) in scan(&self.root, &mut report.refused) {
+            let Some(name) =
+                dir.parent().and_then(Path::file_name).and_then(|n| n.to_str()).map(str::to_owned)
+            else {
+                continue;
+            };
+            seen.insert((name.clone(), version));
+            let current = old.get(&name).and_then(|vs| vs.get(&version));
+            let signature = std::fs::read(dir.join(SIGNATURE_FILE)).unwrap_or_default();
+            if let Some(c) = current.filter(|c| c.signature == signature) {
+                next.entry(name).or_default().insert(version, c.clone());
+                continue;
+            }
+            match self.runtime.load_bundle(&dir) {
+                Ok(model) => {
+                    let m = model.manifest();
+                    tracing::info!(model = %m.name, version, "loaded");
+                    report.loaded.push(format!("{}/{version}", m.name));
+                    next.entry(m.name.clone()).or_default().insert(version, Loaded { model, signature });
+                }
+                Err(e) => {
+                    tracing::error!(bundle = %dir.display(), error = %e, "refused");
+                    report.refused.push((dir.display().to_string(), e.to_string()));
+                    if let Some(c) = current {
+                        tracing::warn!(model = %name, version, "keeping the bundle already serving");
+                        next.entry(name).or_default().insert(version, c.clone());
                     }
                 }
             }
         }
-        Repository { runtime, models: RwLock::new(models), refused }
+        for (name, versions) in &old {
+            for version in versions.keys() {
+                if !seen.contains(&(name.clone(), *version)) {
+                    tracing::info!(model = %name, version, "removed from the repository; unloaded");
+                    report.removed.push(format!("{name}/{version}"));
+                }
+            }
+        }
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&report.refused);
+        report
     }
 
-    /// Bundles that were refused at load, with why.
-    pub fn refused(&self) -> &[(String, String)] {
-        &self.refused
+    /// Bundles refused at the last load or reload, with why.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A model by name and version (the highest version when `None`).
@@ -62,15 +139,22 @@ impl Repository {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         let versions = models.get(name)?;
         match version {
-            Some(v) => versions.get(&v).cloned(),
-            None => versions.values().next_back().cloned(),
+            Some(v) => versions.get(&v),
+            None => versions.values().next_back(),
         }
+        .map(|l| l.model.clone())
     }
 
     /// Every (name, version) served.
     pub fn index(&self) -> Vec<(String, u64)> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         models.iter().flat_map(|(n, vs)| vs.keys().map(move |v| (n.clone(), *v))).collect()
+    }
+
+    /// Every model version served.
+    pub fn models(&self) -> Vec<Model> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models.values().flat_map(|vs| vs.values().map(|l| l.model.clone())).collect()
     }
 
     /// Versions of a model, ascending.
@@ -85,8 +169,8 @@ impl Repository {
         models
             .values()
             .filter_map(|vs| vs.values().next_back())
-            .filter(|m| m.manifest().readings.is_some())
-            .cloned()
+            .filter(|l| l.model.manifest().readings.is_some())
+            .map(|l| l.model.clone())
             .collect()
     }
 

@@ -198,6 +198,17 @@ impl ReadingVerifier {
     /// Checks a reading: format, registered and unrevoked device, its key, the strict signature,
     /// freshness, and a counter above the last accepted one (then recorded before returning).
     pub fn verify(&self, signed: &SignedReading, now: SystemTime) -> std::result::Result<(), ReadingError> {
+        self.authenticate(signed, now)?;
+        self.record(signed)
+    }
+
+    /// The checks of [`verify`](Self::verify) that change no state: format, device, key, strict
+    /// signature, freshness. Call [`record`](Self::record) to accept the reading.
+    pub fn authenticate(
+        &self,
+        signed: &SignedReading,
+        now: SystemTime,
+    ) -> std::result::Result<(), ReadingError> {
         if signed.format != READING_FORMAT {
             return Err(ReadingError::UnknownFormat(signed.format));
         }
@@ -219,6 +230,14 @@ impl ReadingVerifier {
                 return Err(ReadingError::Stale { device, skew_ms });
             }
         }
+        Ok(())
+    }
+
+    /// Accepts an authenticated reading: refuses a counter not above the device's last one, and
+    /// records the new counter durably before returning.
+    pub fn record(&self, signed: &SignedReading) -> std::result::Result<(), ReadingError> {
+        let r = &signed.reading;
+        let device = r.device_id.as_str().to_string();
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&last) = counters.get(&device)
             && r.counter <= last

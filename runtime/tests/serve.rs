@@ -4,84 +4,13 @@
 //! a clean shutdown on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use ed25519_dalek::{Signer, SigningKey};
+use std::time::Duration;
+
+use common::{Serve, agent, copy_dir, ok, root, signed_reading, warden};
 use serde_json::{Value, json};
-use warden::wire::provision::{KeyBlob, key_id};
-use warden::wire::reading::{
-    MAX_MESSAGE_LEN, READING_FORMAT, Reading, SensorKind, Signature64, SignedReading, Unit, reading_message,
-};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn warden(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_warden"));
-    c.env("WARDEN_STATE_DIR", state)
-        .env("WARDEN_CACHE_DIR", std::env::temp_dir().join("warden-test-guest-cache"));
-    c
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(state: &Path, repo: &Path, trust: &Path) -> Daemon {
-    let mut child = warden(state)
-        .args(["serve", "--listen", "127.0.0.1:0", "--max-body-bytes", "16384"])
-        .arg("--repo")
-        .arg(repo)
-        .arg("--trust")
-        .arg(trust)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Daemon { child, base: format!("http://{addr}") }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
-}
+use warden::wire::provision::KeyBlob;
 
 fn get(base: &str, path: &str) -> (u16, Value) {
     let mut r = agent().get(&format!("{base}{path}")).call().unwrap();
@@ -94,31 +23,6 @@ fn post(base: &str, path: &str, body: &[u8], content_type: &str) -> (u16, Value)
         agent().post(&format!("{base}{path}")).header("content-type", content_type).send(body).unwrap();
     let status = r.status().as_u16();
     (status, r.body_mut().read_json().unwrap_or(Value::Null))
-}
-
-fn signed_reading(blob: &KeyBlob, counter: u64) -> Vec<u8> {
-    let key = SigningKey::from_bytes(&blob.seed);
-    let kid = key_id(key.verifying_key().as_bytes());
-    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
-    let reading = Reading {
-        device_id: blob.device_id.clone(),
-        counter,
-        timestamp_ms: None,
-        sensor: SensorKind::Accelerometer,
-        unit: Unit::MilliG,
-        scale: 1.0,
-        channels: 3,
-        samples: heapless::Vec::from_slice(&samples).unwrap(),
-    };
-    let mut buf = [0u8; MAX_MESSAGE_LEN];
-    let msg = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
-    let signed = SignedReading {
-        format: READING_FORMAT,
-        key_id: kid,
-        reading,
-        signature: Signature64(key.sign(msg).to_bytes()),
-    };
-    postcard::to_allocvec(&signed).unwrap()
 }
 
 #[test]
@@ -152,7 +56,7 @@ fn daemon_serves_kserve_v2_and_signed_readings() {
     assert!(blob_text.contains("provisioned board-9"));
     let blob = KeyBlob::parse(&std::fs::read(dir.path().join("board-9.keyblob")).unwrap()).unwrap();
 
-    let daemon = start(&state, &repo, &trust);
+    let daemon = Serve::new(&state, &repo, &trust).args(["--max-body-bytes", "16384"]).start();
     let base = daemon.base.as_str();
 
     assert_eq!(get(base, "/v2/health/live"), (200, json!({"live": true})));
@@ -245,18 +149,8 @@ fn daemon_serves_kserve_v2_and_signed_readings() {
     assert_eq!(post(base, "/v1/readings", &forged, "application/octet-stream").0, 401);
 
     // SIGTERM: drains and exits cleanly.
-    let mut daemon = daemon;
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = daemon.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 
     // Every inference and reading request, accepted or refused, is in the hash-chained log.
     let log = state.join("audit.log");

@@ -76,7 +76,10 @@ fn call(
             r.call().unwrap()
         }
         _ => {
-            let mut r = agent().post(&url).header("content-type", "application/json");
+            let mut r = agent().post(&url);
+            if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                r = r.header("content-type", "application/json");
+            }
             if let Some(t) = token {
                 r = r.header("authorization", &format!("Bearer {t}"));
             }
@@ -416,4 +419,79 @@ fn plain_http_and_no_tokens_are_refused_on_network_addresses() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing plain HTTP on 0.0.0.0:0"), "{stderr}");
+}
+
+#[test]
+fn full_queue_answers_503_and_device_rate_limit_keeps_the_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let repo = dir.path().join("repo");
+    copy_dir(&root().join("models/repo/motion"), &repo.join("motion"));
+    let trust = dir.path().join("trust");
+    copy_dir(&root().join("models/dev-trust"), &trust);
+    let key = dir.path().join("acme");
+    ok(warden(&state).args(["keygen", "--out"]).arg(&key));
+    std::fs::copy(key.with_extension("pub"), trust.join("acme.pub")).unwrap();
+    // A model that computes until its deadline (2 s, drafted by `model init`).
+    let slow = repo.join("slow/1");
+    ok(warden(&state)
+        .args(["model", "init", "--name", "slow", "--version", "1", "--model"])
+        .arg(root().join("tests/fixtures/hostile/slow_matmul_chain.onnx"))
+        .arg("--out")
+        .arg(&slow));
+    ok(warden(&state)
+        .args(["model", "sign", "--key"])
+        .arg(key.with_extension("key"))
+        .arg("--model-dir")
+        .arg(&slow));
+    ok(warden(&state).args(["device", "provision", "--id", "board-1", "--out"]).arg(dir.path()));
+    let blob =
+        warden::wire::provision::KeyBlob::parse(&std::fs::read(dir.path().join("board-1.keyblob")).unwrap())
+            .unwrap();
+
+    let daemon = Serve::new(&state, &repo, &trust)
+        .args(["--queue-depth", "0", "--device-readings-per-minute", "60"])
+        .start();
+    let instances = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let x =
+        json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}]}).to_string();
+    let busy: Vec<_> = (0..instances)
+        .map(|_| {
+            let (url, x) = (daemon.url("/v2/models/slow/infer"), x.clone());
+            std::thread::spawn(move || agent().post(&url).send(x.as_bytes()).unwrap().status().as_u16())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = call(&daemon, "POST", "/v2/models/slow/infer", None, x.as_bytes(), &[]);
+    assert_eq!(r.status, 503, "{}", r.error());
+    assert!(r.error().contains("queue is full"), "{}", r.error());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    for t in busy {
+        assert_eq!(t.join().unwrap(), 504, "the slow model ends at its deadline");
+    }
+
+    // 60 readings a minute per device, in a burst of 60: the 61st is refused, and since its
+    // counter was not used up, the same reading is accepted once the rate allows it.
+    let send = |counter: u64| {
+        call(
+            &daemon,
+            "POST",
+            "/v1/readings",
+            None,
+            &common::signed_reading(&blob, counter),
+            &[("content-type", "application/octet-stream")],
+        )
+    };
+    for counter in 1..=60 {
+        let r = send(counter);
+        assert_eq!(r.status, 200, "reading {counter}: {}", r.error());
+    }
+    let r = send(61);
+    assert_eq!(r.status, 429, "{}", r.error());
+    assert!(r.error().contains("per device"), "{}", r.error());
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = send(61);
+    assert_eq!(r.status, 200, "{}", r.error());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(send(61).status, 409, "now it is a replay");
 }

@@ -257,3 +257,36 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A reading of the `motion` model's shape (24 accelerometer samples), signed with `blob`'s key,
+/// as the postcard bytes `/v1/readings` takes.
+pub fn signed_reading(blob: &warden::wire::provision::KeyBlob, counter: u64) -> Vec<u8> {
+    use ed25519_dalek::{Signer, SigningKey};
+    use warden::wire::provision::key_id;
+    use warden::wire::reading::{
+        MAX_MESSAGE_LEN, READING_FORMAT, Reading, SensorKind, Signature64, SignedReading, Unit,
+        reading_message,
+    };
+    let key = SigningKey::from_bytes(&blob.seed);
+    let kid = key_id(key.verifying_key().as_bytes());
+    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
+    let reading = Reading {
+        device_id: blob.device_id.clone(),
+        counter,
+        timestamp_ms: None,
+        sensor: SensorKind::Accelerometer,
+        unit: Unit::MilliG,
+        scale: 1.0,
+        channels: 3,
+        samples: heapless::Vec::from_slice(&samples).unwrap(),
+    };
+    let mut buf = [0u8; MAX_MESSAGE_LEN];
+    let msg = reading_message(READING_FORMAT, &kid, &reading, &mut buf).unwrap();
+    let signed = SignedReading {
+        format: READING_FORMAT,
+        key_id: kid,
+        reading,
+        signature: Signature64(key.sign(msg).to_bytes()),
+    };
+    postcard::to_allocvec(&signed).unwrap()
+}

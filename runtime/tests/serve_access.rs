@@ -289,8 +289,20 @@ fn tokens_scopes_limits_budgets_and_metrics() {
     assert!(log.lines().any(|l| l.contains("\"client\":\"bob\"") && l.contains("\"outcome\":\"403 ")));
 }
 
+type ClientIdentity = (Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>);
+
 /// A minimal HTTPS GET with rustls, trusting only `ca_pem`.
 fn https_get(addr: &str, path: &str, ca_pem: &Path) -> Result<String, String> {
+    https_get_as(addr, path, ca_pem, None)
+}
+
+/// [`https_get`] presenting a client certificate chain and its PKCS#8 key.
+fn https_get_as(
+    addr: &str,
+    path: &str,
+    ca_pem: &Path,
+    identity: Option<&ClientIdentity>,
+) -> Result<String, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -301,8 +313,13 @@ fn https_get(addr: &str, path: &str, ca_pem: &Path) -> Result<String, String> {
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => config
+            .with_client_auth_cert(chain.clone(), rustls::pki_types::PrivateKeyDer::Pkcs8(key.clone().into()))
+            .unwrap(),
+        None => config.with_no_client_auth(),
+    };
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
     let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
@@ -494,4 +511,50 @@ fn full_queue_answers_503_and_device_rate_limit_keeps_the_counter() {
     assert_eq!(r.status, 200, "{}", r.error());
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(send(61).status, 409, "now it is a replay");
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let certs = dir.path().join("tls");
+    ok(warden(&state).args(["cert", "dev", "--out"]).arg(&certs));
+    let ca_for = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let client_of = |ca: &CertifiedIssuer<'_, KeyPair>| -> ClientIdentity {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["client-1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, ca).unwrap();
+        (vec![cert.der().clone()], key.serialize_der())
+    };
+    let ca = ca_for("warden test clients");
+    std::fs::write(dir.path().join("clients-ca.pem"), ca.pem()).unwrap();
+    let daemon = Serve::new(&state, &root().join("models/repo"), &root().join("models/dev-trust"))
+        .arg("--tls-cert")
+        .arg(certs.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("key.pem"))
+        .arg("--tls-client-ca")
+        .arg(dir.path().join("clients-ca.pem"))
+        .start();
+
+    let server_ca = certs.join("cert.pem");
+    let answer = https_get_as(&daemon.addr, "/v2/health/ready", &server_ca, Some(&client_of(&ca))).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(https_get(&daemon.addr, "/v2/health/ready", &server_ca).is_err(), "no client certificate");
+    let stranger = ca_for("someone else");
+    let refused = https_get_as(&daemon.addr, "/v2/health/ready", &server_ca, Some(&client_of(&stranger)));
+    assert!(refused.is_err(), "a certificate from another CA: {refused:?}");
+    let answer = https_get_as(&daemon.addr, "/v2/health/ready", &server_ca, Some(&client_of(&ca))).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "still serving: {answer}");
 }

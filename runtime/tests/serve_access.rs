@@ -558,3 +558,39 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let answer = https_get_as(&daemon.addr, "/v2/health/ready", &server_ca, Some(&client_of(&ca))).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "still serving: {answer}");
 }
+
+#[test]
+fn systemd_readiness_reload_and_stop_notifications_and_json_logs() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let daemon = Serve::new(&state, &root().join("models/repo"), &root().join("models/dev-trust"))
+        .args(["--log-format", "json"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .start();
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = socket.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next().trim(), "READY=1");
+    assert!(Command::new("kill").args(["-HUP", &daemon.pid().to_string()]).status().unwrap().success());
+    assert_eq!(next().trim(), "RELOADING=1");
+    assert_eq!(next().trim(), "READY=1");
+    let stderr = daemon.stderr.clone();
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+    assert_eq!(next().trim(), "STOPPING=1");
+    let log = std::fs::read_to_string(stderr).unwrap();
+    let json: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        json.iter().any(|r| r["fields"]["message"] == "reload done" && r["level"] == "INFO"),
+        "no JSON log record of the reload in:\n{log}"
+    );
+    assert!(
+        json.iter().any(|r| r["fields"]["message"] == "loaded" && r["fields"]["model"] == "digits"),
+        "{log}"
+    );
+}

@@ -27,6 +27,8 @@ fn main() {
             for watched in [
                 "guest/src",
                 "guest/Cargo.toml",
+                "guest/wasm/src",
+                "guest/wasm/Cargo.toml",
                 "wire/src",
                 "wire/Cargo.toml",
                 "Cargo.lock",
@@ -51,7 +53,7 @@ fn build_guest(workspace: &Path, out_dir: &Path) -> PathBuf {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--package", "warden-guest", "--lib", "--target", TARGET, "--profile", "guest"])
+        .args(["build", "--package", "warden-guest-wasm", "--lib", "--target", TARGET, "--profile", "guest"])
         .arg("--target-dir")
         .arg(&target_dir);
     for var in [
@@ -73,7 +75,7 @@ fn build_guest(workspace: &Path, out_dir: &Path) -> PathBuf {
     );
     let status = cmd.status().expect("running cargo for the guest");
     assert!(status.success(), "building the guest failed: {status}");
-    target_dir.join(TARGET).join("guest").join("warden_guest.wasm")
+    target_dir.join(TARGET).join("guest").join("warden_guest_wasm.wasm")
 }
 
 /// Adds the wasm target when rustup's automatic install is off (RUSTUP_AUTO_INSTALL=0).

@@ -34,6 +34,8 @@ pub struct RuntimeBuilder {
     instances_per_model: usize,
     max_input_bytes: u64,
     pooling: bool,
+    relaxed_simd: bool,
+    guest: Option<Arc<[u8]>>,
     progress: Option<ProgressFn>,
 }
 
@@ -132,6 +134,19 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add. By default
+    /// `false`.
+    pub fn relaxed_simd(mut self, on: bool) -> Self {
+        self.relaxed_simd = on;
+        self
+    }
+
+    /// Run this guest module instead of the one built in (for comparing guest builds).
+    pub fn guest_module(mut self, wasm: impl Into<Arc<[u8]>>) -> Self {
+        self.guest = Some(wasm.into());
+        self
+    }
+
     /// Called with progress events (the first compile of the guest takes seconds).
     pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
@@ -150,6 +165,8 @@ impl RuntimeBuilder {
             max_memory: self.memory_limit,
             pooling: self.pooling,
             cache_dir,
+            guest: self.guest.clone(),
+            relaxed_simd: self.relaxed_simd,
             ..SandboxConfig::default()
         };
         let progress = self.progress.clone();
@@ -207,6 +224,8 @@ impl Runtime {
             instances_per_model: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             pooling: true,
+            relaxed_simd: false,
+            guest: None,
             progress: None,
         }
     }

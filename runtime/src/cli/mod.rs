@@ -46,6 +46,12 @@ struct Global {
     /// Deadline for loading one model into the sandbox, in milliseconds.
     #[arg(long, global = true, default_value_t = 60_000)]
     load_timeout_ms: u64,
+    /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add.
+    #[arg(long, global = true)]
+    relaxed_simd: bool,
+    /// Run this guest module instead of the built-in one (for comparing guest builds).
+    #[arg(long, global = true, hide = true)]
+    guest_wasm: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +171,11 @@ impl Global {
         if self.no_cache {
             b = b.no_cache();
         }
+        if let Some(path) = &self.guest_wasm {
+            let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            b = b.guest_module(wasm);
+        }
+        b = b.relaxed_simd(self.relaxed_simd);
         let spinner = Arc::new(std::sync::Mutex::new(None::<indicatif::ProgressBar>));
         let shown = spinner.clone();
         b = b.on_progress(move |p| {

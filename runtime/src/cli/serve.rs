@@ -185,15 +185,17 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        // Signal handlers first: a signal that arrives once readiness is announced must find them.
+        let signals = Signals::install()?;
         let served: Vec<String> =
             state.repository.index().into_iter().map(|(n, v)| format!("{n}/{v}")).collect();
         println!("warden: serving {} on {scheme}://{addr} ({})", repo.display(), served.join(", "));
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        tokio::spawn(reload_on_sighup(state.clone()));
+        tokio::spawn(reload_on_sighup(state.clone(), signals.hangup));
         tokio::spawn(shrink_limiters(state.clone()));
         notify_systemd(sd_notify::NotifyState::Ready);
-        serve(state, listener, shutdown_signal()).await?;
+        serve(state, listener, shutdown_signal(signals.terminate)).await?;
         eprintln!("warden: shut down");
         Ok(())
     })
@@ -206,39 +208,60 @@ fn notify_systemd(what: sd_notify::NotifyState<'_>) {
     }
 }
 
+/// The daemon's signal streams, installed before readiness is announced.
+struct Signals {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(not(unix))]
+    hangup: (),
+    #[cfg(not(unix))]
+    terminate: (),
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals { hangup: signal(SignalKind::hangup())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals { hangup: (), terminate: () })
+    }
+}
+
 /// SIGHUP: reload the model repository. New and changed bundles are verified and loaded; a bad
 /// one is refused and whatever served under its name and version keeps serving.
-async fn reload_on_sighup(state: Arc<warden::server::AppState>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            notify_systemd(sd_notify::NotifyState::Reloading);
-            tracing::info!("SIGHUP: reloading the model repository");
-            let state2 = state.clone();
-            match tokio::task::spawn_blocking(move || state2.repository.reload()).await {
-                Ok(report) => {
-                    for (bundle, reason) in &report.refused {
-                        eprintln!("warden: refused {bundle}: {reason}");
-                    }
-                    tracing::info!(
-                        loaded = ?report.loaded,
-                        removed = ?report.removed,
-                        refused = report.refused.len(),
-                        serving = ?state.repository.index(),
-                        "reload done"
-                    );
+#[cfg(unix)]
+async fn reload_on_sighup(state: Arc<warden::server::AppState>, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        notify_systemd(sd_notify::NotifyState::Reloading);
+        tracing::info!("SIGHUP: reloading the model repository");
+        let state2 = state.clone();
+        match tokio::task::spawn_blocking(move || state2.repository.reload()).await {
+            Ok(report) => {
+                for (bundle, reason) in &report.refused {
+                    eprintln!("warden: refused {bundle}: {reason}");
                 }
-                Err(e) => tracing::error!(error = %e, "reload failed"),
+                tracing::info!(
+                    loaded = ?report.loaded,
+                    removed = ?report.removed,
+                    refused = report.refused.len(),
+                    serving = ?state.repository.index(),
+                    "reload done"
+                );
             }
-            notify_systemd(sd_notify::NotifyState::Ready);
+            Err(e) => tracing::error!(error = %e, "reload failed"),
         }
+        notify_systemd(sd_notify::NotifyState::Ready);
     }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await;
 }
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_state: Arc<warden::server::AppState>, _hup: ()) {}
 
 /// Forgets idle clients' rate-limiter state now and then, so memory stays bounded.
 async fn shrink_limiters(state: Arc<warden::server::AppState>) {
@@ -250,25 +273,24 @@ async fn shrink_limiters(state: Arc<warden::server::AppState>) {
 }
 
 /// SIGTERM or Ctrl-C: stop accepting, drain in-flight requests, exit.
-async fn shutdown_signal() {
+#[cfg(unix)]
+async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+        terminate.recv().await;
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
     }
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!("shutting down: draining in-flight requests");
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal(_terminate: ()) {
+    let _ = tokio::signal::ctrl_c().await;
+    notify_systemd(sd_notify::NotifyState::Stopping);
 }

@@ -55,6 +55,13 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// Epoch tick: the granularity of deadlines. By default 5 ms.
     pub epoch_tick: Duration,
+    /// The guest module to run. By default `None`: the one built into this binary. Meant for
+    /// comparing guest builds; any module must still speak the guest contract, and whatever it
+    /// returns is checked like the built-in one's.
+    pub guest: Option<Arc<[u8]>>,
+    /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add (results
+    /// may then differ in the last bits between hosts). By default `false`.
+    pub relaxed_simd: bool,
 }
 
 impl Default for SandboxConfig {
@@ -66,6 +73,8 @@ impl Default for SandboxConfig {
             pooling: true,
             cache_dir: None,
             epoch_tick: Duration::from_millis(5),
+            guest: None,
+            relaxed_simd: false,
         }
     }
 }
@@ -136,6 +145,8 @@ impl Sandbox {
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .wasm_simd(true)
+            .wasm_relaxed_simd(config.relaxed_simd)
+            .relaxed_simd_deterministic(false)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::new();
@@ -147,13 +158,17 @@ impl Sandbox {
             wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm_config).map_err(setup)?;
-        let (module, outcome, elapsed) = cache::load_or_compile(
-            &engine,
-            GUEST_WASM,
-            GUEST_SHA256,
-            config.cache_dir.as_deref(),
-            on_compile,
-        )?;
+        let custom_sha256;
+        let (wasm, wasm_sha256) = match &config.guest {
+            Some(bytes) => {
+                use sha2::Digest as _;
+                custom_sha256 = hex::encode(sha2::Sha256::digest(bytes));
+                (&bytes[..], custom_sha256.as_str())
+            }
+            None => (GUEST_WASM, GUEST_SHA256),
+        };
+        let (module, outcome, elapsed) =
+            cache::load_or_compile(&engine, wasm, wasm_sha256, config.cache_dir.as_deref(), on_compile)?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
         let pre = linker.instantiate_pre(&module).map_err(setup)?;

@@ -1,5 +1,7 @@
-//! The exports of the guest contract (see `warden_wire::guest`). The only module with
-//! `no_mangle` items; it holds no other unsafe code.
+//! The exports of the guest contract (see `warden_wire::guest`) over [`warden_guest::Engine`]:
+//! the WebAssembly module the runtime embeds. The only crate with `no_mangle` items; it holds no
+//! other unsafe code. Natively it is empty.
+#![cfg(target_family = "wasm")]
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -8,7 +10,7 @@ use warden_wire::guest::{
     ABI_VERSION, GuestError, GuestErrorKind, InspectRequest, LoadRequest, Reply, RunRequest, RunResponse,
 };
 
-use crate::Engine;
+use warden_guest::Engine;
 
 #[derive(Default)]
 struct Guest {
@@ -113,7 +115,7 @@ pub extern "C" fn warden_inspect(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {
         let result = request(g, len).and_then(|bytes| {
             let req: InspectRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
-            crate::inspect(req.model)
+            warden_guest::inspect(req.model)
         });
         reply(g, &result)
     })

@@ -31,7 +31,7 @@ if ! command -v qemu-system-arm >/dev/null; then
 fi
 
 step "Python packages (models/requirements.txt)"
-if ! python3 -c 'import onnx, onnxruntime, sklearn, skl2onnx' 2>/dev/null; then
+if ! python3 -c 'import onnx, onnxruntime, sklearn, skl2onnx, tritonclient.http' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check -r models/requirements.txt
 fi
 

@@ -65,7 +65,7 @@ fn request(base: &[f64], k: u64) -> (&'static str, Vec<u8>) {
             (infer, body(&px, [1, 64], "FP32").into_bytes())
         }
         (0, 1) => (infer, body(&px[..32], [1, 32], "FP32").into_bytes()), // wrong shape
-        (0, 2) => (infer, format!("{{not json {k}").into_bytes()),       // not JSON
+        (0, 2) => (infer, format!("{{not json {k}").into_bytes()),        // not JSON
         (0, _) => ("/v2/models/nope/infer", body(&px, [1, 64], "FP32").into_bytes()), // unknown model
         _ => (infer, body(&px, [1, 64], "FP32").into_bytes()),
     }
@@ -104,8 +104,14 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
         let answered = Arc::new(AtomicU64::new(0));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|_| {
-                let (base_url, stop, answered, next, tally, base) =
-                    (base_url.clone(), stop.clone(), answered.clone(), next.clone(), tally.clone(), base.clone());
+                let (base_url, stop, answered, next, tally, base) = (
+                    base_url.clone(),
+                    stop.clone(),
+                    answered.clone(),
+                    next.clone(),
+                    tally.clone(),
+                    base.clone(),
+                );
                 std::thread::spawn(move || {
                     let agent = common::agent(); // one keep-alive connection per client
                     for _ in 0..MAX_REQUESTS_PER_CLIENT {

@@ -63,11 +63,24 @@ fn stock_tritonclient_gets_what_warden_infer_prints() {
     std::fs::copy(key.with_extension("pub"), trust.join("tester.pub")).unwrap();
     let dtypes = repo.join("dtypes/1");
     ok(warden(&state)
-        .args(["model", "init", "--name", "dtypes", "--version", "1", "--dangerous-full-precision", "--model"])
+        .args([
+            "model",
+            "init",
+            "--name",
+            "dtypes",
+            "--version",
+            "1",
+            "--dangerous-full-precision",
+            "--model",
+        ])
         .arg(root().join("tests/fixtures/dtypes/dtypes.onnx"))
         .arg("--out")
         .arg(&dtypes));
-    ok(warden(&state).args(["model", "sign", "--key"]).arg(key.with_extension("key")).arg("--model-dir").arg(&dtypes));
+    ok(warden(&state)
+        .args(["model", "sign", "--key"])
+        .arg(key.with_extension("key"))
+        .arg("--model-dir")
+        .arg(&dtypes));
 
     let daemon = common::start(&state, &repo, &trust);
     let script = root().join("tests/python/triton_client_check.py");
@@ -111,12 +124,8 @@ fn stock_tritonclient_gets_what_warden_infer_prints() {
                 .arg(&file));
             serde_json::from_str(&text).unwrap()
         });
-        let cli_outputs: BTreeMap<&str, &Value> = cli["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| (o["name"].as_str().unwrap(), o))
-            .collect();
+        let cli_outputs: BTreeMap<&str, &Value> =
+            cli["outputs"].as_array().unwrap().iter().map(|o| (o["name"].as_str().unwrap(), o)).collect();
         let mut client_names: Vec<&str> = outputs.keys().map(String::as_str).collect();
         client_names.sort_unstable();
         let cli_names: Vec<&str> = cli_outputs.keys().copied().collect();

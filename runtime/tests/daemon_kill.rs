@@ -2,8 +2,8 @@
 //! several clients (accepted and refused ones) and is killed with SIGKILL at random moments,
 //! then restarted on the same state directory, several times. Afterwards the log verifies, and
 //! every request that got a complete HTTP response is in it with the outcome the client saw
-//! ("acknowledged only once durable"). Then one flipped byte makes `warden audit verify` fail
-//! and name that record.
+//! ("acknowledged only once durable") and, for an accepted one, the digest of the response
+//! bytes. Then one flipped byte makes `warden audit verify` fail and name that record.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -73,8 +73,9 @@ fn request(base: &[f64], k: u64) -> (&'static str, Vec<u8>) {
 
 #[derive(Default)]
 struct Tally {
-    /// (input digest, status) of every request that got a complete response.
-    responded: Vec<(String, u16)>,
+    /// (input digest, status, response body digest) of every request that got a complete
+    /// response.
+    responded: Vec<(String, u16, String)>,
     /// Requests that got no complete response (cut by the kill).
     cut: u64,
 }
@@ -127,11 +128,12 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
                             .send(&body[..]);
                         let complete = sent.and_then(|mut r| {
                             let status = r.status().as_u16();
-                            let text = r.body_mut().read_to_string()?;
-                            Ok((status, text))
+                            let bytes = r.body_mut().read_to_vec()?;
+                            Ok((status, bytes))
                         });
                         match complete {
-                            Ok((status, text)) => {
+                            Ok((status, bytes)) => {
+                                let text = String::from_utf8_lossy(&bytes);
                                 if status == 200 {
                                     let v: Value = serde_json::from_str(&text).unwrap();
                                     assert_eq!(v["model_name"], "digits", "{text}");
@@ -139,7 +141,7 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
                                     let v: Value = serde_json::from_str(&text).unwrap();
                                     assert!(v["error"].is_string(), "{status} {text}");
                                 }
-                                tally.lock().unwrap().responded.push((digest, status));
+                                tally.lock().unwrap().responded.push((digest, status, sha256_hex(&bytes)));
                                 answered.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(_) => {
@@ -189,9 +191,9 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
         .send(&request_body[..])
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    r.body_mut().read_to_string().unwrap();
+    let answer = r.body_mut().read_to_vec().unwrap();
     let mut tally = std::mem::take(&mut *tally.lock().unwrap());
-    tally.responded.push((sha256_hex(&request_body), 200));
+    tally.responded.push((sha256_hex(&request_body), 200, sha256_hex(&answer)));
     let stderr = daemon.stderr.clone();
     let status = daemon.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status:?}; stderr:\n{}", common::read_tail(&stderr));
@@ -203,18 +205,28 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
     let text = std::fs::read_to_string(&log).unwrap();
     let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
 
-    // Every answered request is in the log, with the outcome its client saw.
-    let mut by_input: HashMap<&str, Vec<&str>> = HashMap::new();
+    // Every answered request is in the log, with the outcome its client saw (and, when it was
+    // answered 200, the digest of the very bytes the client received).
+    let mut by_input: HashMap<&str, Vec<(&str, Option<&str>)>> = HashMap::new();
     for r in &records {
         if let Some(digest) = r["input_sha256"].as_str() {
-            by_input.entry(digest).or_default().push(r["outcome"].as_str().unwrap());
+            by_input
+                .entry(digest)
+                .or_default()
+                .push((r["outcome"].as_str().unwrap(), r["output_sha256"].as_str()));
         }
     }
     let mut missing = Vec::new();
-    for (digest, status) in &tally.responded {
-        let expect = if *status == 200 { "ok".to_string() } else { format!("{status} ") };
-        let found = by_input.get(digest.as_str()).is_some_and(|outcomes| {
-            outcomes.iter().any(|o| if *status == 200 { *o == "ok" } else { o.starts_with(&expect) })
+    for (digest, status, answer) in &tally.responded {
+        let expect = format!("{status} ");
+        let found = by_input.get(digest.as_str()).is_some_and(|recorded| {
+            recorded.iter().any(|(outcome, output)| {
+                if *status == 200 {
+                    *outcome == "ok" && *output == Some(answer.as_str())
+                } else {
+                    outcome.starts_with(&expect)
+                }
+            })
         });
         if !found {
             missing.push(format!("{digest} {status} (log has {:?})", by_input.get(digest.as_str())));
@@ -224,7 +236,7 @@ fn kill_9_daemon_keeps_every_answered_request_in_the_audit_log() {
     // Each body was sent once, so no digest may appear twice.
     assert!(by_input.values().all(|o| o.len() == 1), "a request recorded twice");
     // Refusals were exercised, as well as acceptances.
-    let statuses: std::collections::BTreeSet<u16> = tally.responded.iter().map(|(_, s)| *s).collect();
+    let statuses: std::collections::BTreeSet<u16> = tally.responded.iter().map(|(_, s, _)| *s).collect();
     assert!(statuses.contains(&200) && statuses.contains(&400), "{statuses:?}");
     assert!(records.len() >= tally.responded.len());
     eprintln!(

@@ -6,19 +6,19 @@ use std::time::{Duration, Instant};
 use warden::{DType, Error, GuestErrorKind, Runtime, SandboxError, Tensor};
 use warden_tests::{Fixture, TestPublisher, assert_close, builder, manifest, root, tensors};
 
-const LOAD_TIMEOUT: Duration = Duration::from_secs(3);
-const RUN_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const LOAD_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadlines are enforced at epoch ticks; leave room for a loaded machine.
-const SLACK: Duration = Duration::from_secs(3);
+pub(crate) const SLACK: Duration = Duration::from_secs(3);
 
-struct Harness {
+pub(crate) struct Harness {
     dir: tempfile::TempDir,
     publisher: TestPublisher,
     runtime: Runtime,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(crate) fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let publisher = TestPublisher::new(dir.path());
         let runtime = builder(&dir.path().join("state"), &publisher.trust)
@@ -30,7 +30,12 @@ impl Harness {
         Harness { dir, publisher, runtime }
     }
 
-    fn load_hostile(&self, file: &str, input: &[u64], output: &[u64]) -> warden::Result<warden::Model> {
+    pub(crate) fn load_hostile(
+        &self,
+        file: &str,
+        input: &[u64],
+        output: &[u64],
+    ) -> warden::Result<warden::Model> {
         let bytes = std::fs::read(root().join("tests/fixtures/hostile").join(file)).unwrap();
         let name = file.trim_end_matches(".onnx").replace('_', "-");
         let m = manifest(&name, &[("x", DType::F32, input)], &[("y", DType::F32, output)]);
@@ -39,7 +44,7 @@ impl Harness {
     }
 
     /// After each attack, a good model still loads and answers correctly.
-    fn still_serves(&self) {
+    pub(crate) fn still_serves(&self) {
         let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
         let mut m = fixture.manifest();
         m.name = format!("digits-{}", std::process::id());
@@ -51,7 +56,7 @@ impl Harness {
     }
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
     let out = f();
     (out, start.elapsed())

@@ -4,6 +4,7 @@
 mod bundles;
 mod dtypes;
 mod hostile;
+mod hostile_corpus;
 mod policy;
 mod readings;
 mod reference;

@@ -352,17 +352,26 @@ fn main() {
             }
         },
     };
-    let hostport = base.strip_prefix("http://").unwrap_or_else(|| {
+    // Every exit from here on goes through `run` returning, so a daemon started here is
+    // killed (on drop) whatever happens.
+    let code = run(&o, &body, &base, daemon_pid);
+    drop(started);
+    std::process::exit(code);
+}
+
+/// The load run against `base`; returns the exit code.
+fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
+    let Some(hostport) = base.strip_prefix("http://") else {
         eprintln!("loadgen: only http:// URLs");
-        std::process::exit(2)
-    });
-    let addr = hostport.to_socket_addrs().ok().and_then(|mut a| a.next()).unwrap_or_else(|| {
+        return 2;
+    };
+    let Some(addr) = hostport.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
         eprintln!("loadgen: cannot resolve {hostport}");
-        std::process::exit(2)
-    });
+        return 2;
+    };
     if !addr.ip().is_loopback() {
         eprintln!("loadgen: refusing to load {addr}: loopback addresses only");
-        std::process::exit(2);
+        return 2;
     }
     let mut request = format!(
         "POST /v2/models/{}/infer HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -370,26 +379,29 @@ fn main() {
         body.len()
     )
     .into_bytes();
-    request.extend_from_slice(&body);
+    request.extend_from_slice(body);
     let request = Arc::new(request);
 
     // Warm-up on one connection (instance pools, caches), not timed.
     {
-        let mut c = Conn::open(addr).unwrap_or_else(|e| {
-            eprintln!("loadgen: connecting to {addr}: {e}");
-            std::process::exit(1)
-        });
+        let mut c = match Conn::open(addr) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("loadgen: connecting to {addr}: {e}");
+                return 1;
+            }
+        };
         let mut buf = Vec::new();
         for _ in 0..o.warmup {
             match c.exchange(&request, &mut buf) {
                 Ok(200) => {}
                 Ok(s) => {
                     eprintln!("loadgen: warm-up request answered {s}: {}", String::from_utf8_lossy(&buf));
-                    std::process::exit(1);
+                    return 1;
                 }
                 Err(e) => {
                     eprintln!("loadgen: warm-up request failed: {e}");
-                    std::process::exit(1);
+                    return 1;
                 }
             }
         }
@@ -548,7 +560,6 @@ fn main() {
             println!("stopped at --max-seconds {} before all {} requests were sent", o.max_seconds, o.total);
         }
     }
-    drop(started);
     let failed = r.errors > 0 || r.statuses.keys().any(|s| *s != 200);
-    std::process::exit(i32::from(failed));
+    i32::from(failed)
 }

@@ -50,11 +50,17 @@ pub struct InputFact {
     pub shape: Vec<Dim>,
 }
 
+/// Serializes a byte slice as bytes (one length and a copy) rather than as a sequence of `u8`
+/// values (one call per byte). postcard encodes both the same way, so the format is unchanged.
+fn as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
 /// Host -> guest: parse and optimize this ONNX model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadRequest<'a> {
     /// The ONNX protobuf bytes (already checked against the signed digest by the host).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "as_bytes")]
     pub model: &'a [u8],
     /// One fact per graph input.
     pub inputs: Vec<InputFact>,
@@ -70,6 +76,7 @@ pub struct TensorRef<'a> {
     /// Row-major shape.
     pub shape: Vec<u64>,
     /// `product(shape) * dtype.size()` bytes.
+    #[serde(serialize_with = "as_bytes")]
     pub data: &'a [u8],
 }
 
@@ -93,7 +100,7 @@ pub struct RunResponse<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InspectRequest<'a> {
     /// The ONNX protobuf bytes.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "as_bytes")]
     pub model: &'a [u8],
 }
 
@@ -168,5 +175,20 @@ mod tests {
         let reply: Reply<()> = Err(GuestError { kind: GuestErrorKind::Model, message: "bad".to_string() });
         let bytes = postcard::to_allocvec(&reply).unwrap();
         assert_eq!(postcard::from_bytes::<Reply<()>>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn byte_fields_encode_as_a_sequence_of_u8_would() {
+        #[derive(Serialize)]
+        struct AsSequence<'a> {
+            name: &'a str,
+            dtype: DType,
+            shape: Vec<u64>,
+            data: &'a [u8],
+        }
+        let data: Vec<u8> = (0..=255).collect();
+        let fast = TensorRef { name: "x", dtype: DType::U8, shape: vec![256], data: &data };
+        let slow = AsSequence { name: "x", dtype: DType::U8, shape: vec![256], data: &data };
+        assert_eq!(postcard::to_allocvec(&fast).unwrap(), postcard::to_allocvec(&slow).unwrap());
     }
 }

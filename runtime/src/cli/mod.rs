@@ -46,8 +46,9 @@ struct Global {
     /// Deadline for loading one model into the sandbox, in milliseconds.
     #[arg(long, global = true, default_value_t = 60_000)]
     load_timeout_ms: u64,
-    /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add.
-    #[arg(long, global = true)]
+    /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add (for a guest
+    /// built with +relaxed-simd; see benches/README.md).
+    #[arg(long, global = true, hide = true)]
     relaxed_simd: bool,
     /// Run this guest module instead of the built-in one (for comparing guest builds).
     #[arg(long, global = true, hide = true)]

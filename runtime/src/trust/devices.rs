@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
@@ -11,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use warden_wire::provision::{KeyBlob, key_id};
 use warden_wire::reading::{MAX_DEVICE_ID, MAX_MESSAGE_LEN, READING_FORMAT, SignedReading, reading_message};
 
+use super::counters::{CounterError, CounterStore};
 use super::fsutil::{create_private_dir, write_atomic};
 use crate::error::{Error, Result};
 
 const REGISTRY_FILE: &str = "devices.json";
-const COUNTERS_FILE: &str = "device-counters.json";
 
 /// Why a reading was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,8 +174,7 @@ impl DeviceRegistry {
 #[derive(Debug)]
 pub struct ReadingVerifier {
     registry: DeviceRegistry,
-    counters_path: PathBuf,
-    counters: Mutex<BTreeMap<String, u64>>,
+    counters: CounterStore,
     freshness: Duration,
 }
 
@@ -190,9 +188,8 @@ impl ReadingVerifier {
     /// within `freshness` of the host's clock (either way).
     pub fn open(state_dir: &Path, freshness: Duration) -> Result<ReadingVerifier> {
         let registry = DeviceRegistry::open(state_dir)?;
-        let counters_path = state_dir.join(COUNTERS_FILE);
-        let counters = Mutex::new(read_json(&counters_path)?);
-        Ok(ReadingVerifier { registry, counters_path, counters, freshness })
+        let counters = CounterStore::open(state_dir)?;
+        Ok(ReadingVerifier { registry, counters, freshness })
     }
 
     /// Checks a reading: format, registered and unrevoked device, its key, the strict signature,
@@ -237,18 +234,13 @@ impl ReadingVerifier {
     /// records the new counter durably before returning.
     pub fn record(&self, signed: &SignedReading) -> std::result::Result<(), ReadingError> {
         let r = &signed.reading;
-        let device = r.device_id.as_str().to_string();
-        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&last) = counters.get(&device)
-            && r.counter <= last
-        {
-            return Err(ReadingError::Replay { device, counter: r.counter, last });
-        }
-        let mut next = counters.clone();
-        next.insert(device, r.counter);
-        write_json(&self.counters_path, &next).map_err(|e| ReadingError::Storage(e.to_string()))?;
-        *counters = next;
-        Ok(())
+        let device = r.device_id.as_str();
+        self.counters.take(device, r.counter).map_err(|e| match e {
+            CounterError::Replay { last } => {
+                ReadingError::Replay { device: device.to_owned(), counter: r.counter, last }
+            }
+            CounterError::Storage(reason) => ReadingError::Storage(reason),
+        })
     }
 }
 

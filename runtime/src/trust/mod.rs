@@ -1,6 +1,7 @@
 //! Trust: publisher keys, signed model bundles, and the persisted record of accepted versions.
 
 mod bundle;
+mod counters;
 mod devices;
 pub(crate) mod fsutil;
 mod keys;

@@ -1,0 +1,262 @@
+//! The last accepted counter per device, kept durably: an append-only log of JSON lines
+//! (`["board-7",1042]`) in the state directory, fsynced before a counter counts as accepted.
+//!
+//! Appends from concurrent readings share one write and one `sync_data` (group commit), so the
+//! cost per reading falls as load rises. A new counter is taken in memory first (so a concurrent
+//! duplicate is a replay at once), then made durable; the caller accepts the reading only after
+//! that. A failed write or sync poisons the store: every later reading is refused rather than
+//! accepted without a durable counter. Opening the store truncates a torn last line and, when the
+//! log has grown well past one line per device, rewrites it compactly (atomically).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::fsutil::write_atomic;
+use crate::error::{Error, Result};
+
+/// The log's file name in the state directory.
+pub const COUNTERS_LOG: &str = "device-counters.log";
+/// The whole-file format of earlier versions, read once as a starting point if present.
+const LEGACY_FILE: &str = "device-counters.json";
+/// Compact at open once the log holds this many lines more than devices.
+const COMPACT_SLACK: usize = 100_000;
+
+/// Why a counter was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CounterError {
+    /// Not above the last accepted one.
+    Replay {
+        /// The last accepted counter.
+        last: u64,
+    },
+    /// It could not be made durable (or an earlier write failed).
+    Storage(String),
+}
+
+#[derive(Debug)]
+struct State {
+    last: BTreeMap<String, u64>,
+    queue: Vec<u8>,
+    queued: u64,
+    durable: u64,
+    writing: bool,
+    poisoned: Option<String>,
+}
+
+impl State {
+    fn new(last: BTreeMap<String, u64>) -> State {
+        State { last, queue: Vec::new(), queued: 0, durable: 0, writing: false, poisoned: None }
+    }
+}
+
+/// The counter log of one state directory.
+#[derive(Debug)]
+pub(crate) struct CounterStore {
+    path: PathBuf,
+    file: File,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+fn line(device: &str, counter: u64) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&(device, counter)).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+impl CounterStore {
+    /// Opens (or starts) the log in `state_dir`.
+    pub(crate) fn open(state_dir: &Path) -> Result<CounterStore> {
+        CounterStore::open_compacting_past(state_dir, COMPACT_SLACK)
+    }
+
+    /// [`open`](Self::open), compacting once the log holds `slack` lines more than devices.
+    fn open_compacting_past(state_dir: &Path, slack: usize) -> Result<CounterStore> {
+        let path = state_dir.join(COUNTERS_LOG);
+        let io = |e| Error::io(&path, e);
+        let mut last: BTreeMap<String, u64> = match std::fs::read(state_dir.join(LEGACY_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::io(
+                    state_dir.join(LEGACY_FILE),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })?,
+            Err(_) => BTreeMap::new(),
+        };
+        let file = open_append(&path).map_err(io)?;
+        let mut valid_len = 0u64;
+        let mut lines = 0usize;
+        let mut reader = BufReader::new(&file);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            let Some(text) = buf.strip_suffix(b"\n") else {
+                tracing::warn!(path = %path.display(), "device counters: truncating a torn last line");
+                break;
+            };
+            let (device, counter): (String, u64) = serde_json::from_slice(text).map_err(|e| {
+                io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", lines + 1)))
+            })?;
+            let entry = last.entry(device).or_insert(0);
+            *entry = (*entry).max(counter);
+            valid_len += n as u64;
+            lines += 1;
+        }
+        if file.metadata().map_err(io)?.len() != valid_len {
+            file.set_len(valid_len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        let store = CounterStore { path, file, state: Mutex::new(State::new(last)), wake: Condvar::new() };
+        if lines > store.lock().last.len() + slack {
+            return store.compacted(state_dir);
+        }
+        Ok(store)
+    }
+
+    /// Rewrites the log with one line per device, atomically, and reopens it.
+    fn compacted(self, state_dir: &Path) -> Result<CounterStore> {
+        let bytes: Vec<u8> = self.lock().last.iter().flat_map(|(d, c)| line(d, *c)).collect();
+        write_atomic(&self.path, &bytes, 0o600)?;
+        drop(self);
+        CounterStore::open(state_dir)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last accepted counter of `device`.
+    #[cfg(test)]
+    pub(crate) fn last(&self, device: &str) -> Option<u64> {
+        self.lock().last.get(device).copied()
+    }
+
+    /// Takes `counter` for `device` if it is above the last one, and returns once it is durable.
+    pub(crate) fn take(&self, device: &str, counter: u64) -> std::result::Result<(), CounterError> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.poisoned {
+            return Err(CounterError::Storage(reason.clone()));
+        }
+        if let Some(&last) = state.last.get(device)
+            && counter <= last
+        {
+            return Err(CounterError::Replay { last });
+        }
+        state.last.insert(device.to_owned(), counter);
+        state.queue.extend_from_slice(&line(device, counter));
+        state.queued += 1;
+        let ticket = state.queued;
+        loop {
+            if state.durable >= ticket {
+                return Ok(());
+            }
+            if let Some(reason) = &state.poisoned {
+                return Err(CounterError::Storage(reason.clone()));
+            }
+            if state.writing {
+                state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let batch = std::mem::take(&mut state.queue);
+            let upto = state.queued;
+            state.writing = true;
+            drop(state);
+            let result = (&self.file).write_all(&batch).and_then(|()| self.file.sync_data());
+            state = self.lock();
+            state.writing = false;
+            self.wake.notify_all();
+            match result {
+                Ok(()) => state.durable = upto,
+                Err(e) => {
+                    let reason = format!("{}: {e}", self.path.display());
+                    state.poisoned = Some(reason.clone());
+                    return Err(CounterError::Storage(reason));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_survive_reopening_a_torn_tail_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CounterStore::open(dir.path()).unwrap();
+        store.take("a", 1).unwrap();
+        store.take("a", 5).unwrap();
+        assert_eq!(store.take("a", 5), Err(CounterError::Replay { last: 5 }));
+        store.take("b", 2).unwrap();
+        drop(store);
+        let path = dir.path().join(COUNTERS_LOG);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"[\"a\",9").unwrap();
+        drop(f);
+        let store = CounterStore::open(dir.path()).unwrap();
+        assert_eq!((store.last("a"), store.last("b")), (Some(5), Some(2)), "the torn line is not a counter");
+        store.take("a", 6).unwrap();
+        drop(store);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("[\"a\",6]\n"));
+
+        let store = CounterStore::open(dir.path()).unwrap();
+        for c in 7..40 {
+            store.take("a", c).unwrap();
+        }
+        drop(store);
+        assert!(std::fs::read_to_string(&path).unwrap().lines().count() > 30);
+        let store = CounterStore::open_compacting_past(dir.path(), 10).unwrap();
+        assert_eq!(store.last("a"), Some(39));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2, "compacted");
+    }
+
+    #[test]
+    fn concurrent_takes_of_one_counter_accept_exactly_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(CounterStore::open(dir.path()).unwrap());
+        for counter in 1..=50u64 {
+            let oks: usize = (0..4)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || store.take("dev", counter).is_ok())
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| usize::from(t.join().unwrap()))
+                .sum();
+            assert_eq!(oks, 1, "counter {counter}");
+        }
+        drop(store);
+        assert_eq!(CounterStore::open(dir.path()).unwrap().last("dev"), Some(50));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_write_refuses_this_and_every_later_counter() {
+        let store = CounterStore {
+            path: PathBuf::from("/dev/full"),
+            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            state: Mutex::new(State::new(BTreeMap::new())),
+            wake: Condvar::new(),
+        };
+        assert!(matches!(store.take("a", 1), Err(CounterError::Storage(_))));
+        assert!(matches!(store.take("b", 1), Err(CounterError::Storage(_))));
+    }
+}

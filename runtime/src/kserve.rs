@@ -66,8 +66,12 @@ pub struct RequestedOutput {
     pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
-fn flag(params: Option<&serde_json::Map<String, Value>>, key: &str) -> bool {
-    params.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(false)
+fn flag(params: Option<&serde_json::Map<String, Value>>, key: &str) -> Result<bool> {
+    match params.and_then(|p| p.get(key)) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::Request(format!("parameter {key} must be true or false, not {other}"))),
+    }
 }
 
 /// A KServe v2 inference response.
@@ -130,6 +134,12 @@ impl InferRequest {
                     rest.len()
                 ))
             })?;
+            if input.data.is_some() {
+                return Err(Error::Request(format!(
+                    "input {:?}: both data and binary_data_size; send one",
+                    input.name
+                )));
+            }
             input.raw = Some(bytes.to_vec());
             rest = tail;
         }
@@ -143,10 +153,19 @@ impl InferRequest {
     pub fn wants_binary(&self, name: &str) -> bool {
         match self.outputs.as_ref().and_then(|o| o.iter().find(|o| o.name == name)) {
             Some(o) if o.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data")) => {
-                flag(o.parameters.as_ref(), "binary_data")
+                flag(o.parameters.as_ref(), "binary_data").unwrap_or(false)
             }
-            _ => flag(self.parameters.as_ref(), "binary_data_output"),
+            _ => flag(self.parameters.as_ref(), "binary_data_output").unwrap_or(false),
         }
+    }
+
+    /// Refuses binary-data flags that are not booleans (checked once, before inference).
+    pub fn check_parameters(&self) -> Result<()> {
+        flag(self.parameters.as_ref(), "binary_data_output")?;
+        for o in self.outputs.iter().flatten() {
+            flag(o.parameters.as_ref(), "binary_data")?;
+        }
+        Ok(())
     }
 
     /// Turns the inputs into typed tensors.
@@ -381,6 +400,18 @@ mod tests {
         let (bytes, n) = body(&wrong, &tail[..8]);
         let err = InferRequest::from_body(&bytes, Some(n)).unwrap().tensors().unwrap_err();
         assert!(err.to_string().contains("12 bytes"), "{err}");
+
+        let both = serde_json::json!({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
+            "data": [0.0, 0.0], "parameters": {"binary_data_size": 8}}]});
+        let (bytes, n) = body(&both, &tail[..8]);
+        assert!(
+            matches!(InferRequest::from_body(&bytes, Some(n)), Err(Error::Request(m)) if m.contains("both"))
+        );
+        let odd: InferRequest = serde_json::from_value(
+            serde_json::json!({"inputs": [], "parameters": {"binary_data_output": "yes"}}),
+        )
+        .unwrap();
+        assert!(odd.check_parameters().is_err());
     }
 
     #[test]

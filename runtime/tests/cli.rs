@@ -156,3 +156,16 @@ fn refusals_have_distinct_exit_codes_and_one_line_reasons() {
     let (code, line) = cli.refused(&["infer", "--trust", trust, "/nonexistent/bundle", "--input", &not_json]);
     assert_eq!(code, 4, "the request is parsed first: {line}");
 }
+
+#[test]
+fn keygen_with_a_bare_name_writes_both_files_in_the_current_directory() {
+    let cli = Cli::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["keygen", "--out", "acme"])
+        .current_dir(cli.dir.path())
+        .env("WARDEN_STATE_DIR", cli.dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cli.dir.path().join("acme.key").exists() && cli.dir.path().join("acme.pub").exists());
+}

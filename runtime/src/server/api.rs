@@ -453,13 +453,20 @@ async fn kserve_infer(
     let budget = state.limits.admit(client.key(), &model)?;
     let _queued = state.limits.enqueue(&model)?;
     let bytes = body(bytes)?;
-    let header_len = match headers.get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad {HEADER_LENGTH} header"))
-        })?),
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let mut lengths = headers.get_all(HEADER_LENGTH).iter();
+    let header_len = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(bad(format!("more than one {HEADER_LENGTH} header"))),
+        (Some(v), None) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| bad(format!("bad {HEADER_LENGTH} header")))?,
+        ),
     };
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
+    request.check_parameters()?;
     let inputs = request.tensors()?;
     let mut outputs = run_model(state, &model, inputs).await?;
     if let Some(wanted) = &request.outputs {

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
 /// write a temporary file beside it, fsync, rename over, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the parent "", which names no directory to sync.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {

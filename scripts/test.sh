@@ -4,6 +4,7 @@
 #   - Python packages pinned in models/requirements.txt (to fetch public models and make fixtures)
 #   - the public models (silero VAD, PP-OCR) with their ONNX Runtime reference outputs
 #   - the thumbv7em-none-eabihf target and qemu-system-arm, to run the firmware under QEMU
+#   - cargo-deny (licenses, bans, sources) and clippy with warnings denied
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,19 @@ python3 models/fetch_public_models.py
 
 step "Firmware board images (QEMU mps2-an386, nRF52840-DK) and their sizes"
 bash firmware/build-boards.sh
+
+step "Supply chain: cargo deny check licenses bans sources (deny.toml)"
+if ! command -v cargo-deny >/dev/null; then
+  cargo install cargo-deny --locked --version 0.20.2 --quiet
+fi
+cargo deny --log-level error check licenses bans sources
+# The RustSec advisory database lives on GitHub, which these machines cannot reach; where it can
+# be fetched, run `cargo deny check advisories` too.
+
+step "cargo clippy --workspace --all-targets (warnings are errors)"
+rustup component list --installed --toolchain "$toolchain" 2>/dev/null | grep -q '^clippy' \
+  || rustup component add clippy --toolchain "$toolchain"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"

@@ -9,3 +9,4 @@ mod policy;
 mod readings;
 mod reference;
 mod sandbox;
+mod signatures;

@@ -14,7 +14,12 @@ use warden_tests::{builder, root};
 
 const FRESH: Duration = Duration::from_secs(300);
 
-fn sign(blob: &KeyBlob, counter: u64, timestamp_ms: Option<u64>, samples: &[i32]) -> SignedReading {
+pub(crate) fn sign(
+    blob: &KeyBlob,
+    counter: u64,
+    timestamp_ms: Option<u64>,
+    samples: &[i32],
+) -> SignedReading {
     let key = SigningKey::from_bytes(&blob.seed);
     let kid = key_id(key.verifying_key().as_bytes());
     let reading = Reading {
@@ -37,11 +42,11 @@ fn sign(blob: &KeyBlob, counter: u64, timestamp_ms: Option<u64>, samples: &[i32]
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn still(n: usize) -> Vec<i32> {
+pub(crate) fn still(n: usize) -> Vec<i32> {
     (0..n).map(|i| if i % 3 == 2 { 1000 + (i as i32 % 5) } else { i as i32 % 4 }).collect()
 }
 

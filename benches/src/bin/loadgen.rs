@@ -1,6 +1,7 @@
 //! A bounded loopback load generator for `warden serve`: a fixed number of KServe v2 inference
-//! requests over C concurrent keep-alive HTTP/1.1 connections, then throughput, latency
-//! percentiles, status counts, and the CPU time the load generator and the daemon each used.
+//! requests (or, with `--readings`, signed sensor readings to `/v1/readings`) over C concurrent
+//! keep-alive HTTP/1.1 connections, then throughput, latency percentiles, status counts, and the
+//! CPU time the load generator and the daemon each used.
 //!
 //! ```sh
 //! cargo build --release -p warden --bin warden -p warden-benches --bin loadgen
@@ -22,15 +23,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use warden::wire::provision::KeyBlob;
+use warden::wire::reading::{Reading, SensorKind, Unit};
+
 const USAGE: &str = "usage: loadgen [-n TOTAL] [-c CONNECTIONS] [--model NAME] [--request FILE] [--warmup N]
                [--max-seconds S] [--url http://127.0.0.1:PORT [--pid PID]] [--warden BIN]
-               [--repo DIR] [--trust DIR] [--keep-limits] [--json]
+               [--repo DIR] [--trust DIR] [--keep-limits] [--readings] [--json]
 defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --warmup 200
           --max-seconds 120; without --url, starts BIN serve (default: the warden binary next to
           this one) on 127.0.0.1:0 with a fresh state dir, serving MODEL from --repo models/repo
           (trust models/dev-trust) re-signed with a throwaway key without the manifest's rate
           limits and query budget (requests_per_minute, burst, total_queries), which would
-          otherwise answer most of the load 429; --keep-limits serves the bundles as signed";
+          otherwise answer most of the load 429; --keep-limits serves the bundles as signed.
+--readings: signed readings for --model (default motion), one provisioned device per connection,
+          signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...;
+          the daemon's per-device rate limit is lifted unless --keep-limits";
 
 /// A connection thread gives up (and the run stops) after this many failed connects in a row.
 const MAX_FAILED_CONNECTS: u32 = 50;
@@ -49,6 +56,7 @@ struct Opts {
     repo: PathBuf,
     trust: PathBuf,
     keep_limits: bool,
+    readings: bool,
     json: bool,
 }
 
@@ -67,8 +75,10 @@ fn parse_args() -> Result<Opts, String> {
         repo: root.join("models/repo"),
         trust: root.join("models/dev-trust"),
         keep_limits: false,
+        readings: false,
         json: false,
     };
+    let mut model_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -76,7 +86,11 @@ fn parse_args() -> Result<Opts, String> {
         match a.as_str() {
             "-n" | "--requests" => o.total = num(value()?)?,
             "-c" | "--connections" => o.connections = num(value()?)?.clamp(1, 256) as usize,
-            "--model" => o.model = value()?,
+            "--model" => {
+                o.model = value()?;
+                model_given = true;
+            }
+            "--readings" => o.readings = true,
             "--request" => o.request = value()?.into(),
             "--warmup" => o.warmup = num(value()?)?,
             "--max-seconds" => o.max_seconds = num(value()?)?.max(1),
@@ -93,6 +107,12 @@ fn parse_args() -> Result<Opts, String> {
     }
     if o.total == 0 {
         return Err("-n must be at least 1".into());
+    }
+    if o.readings && !model_given {
+        o.model = "motion".into();
+    }
+    if o.readings && o.url.is_some() {
+        return Err("--readings starts its own daemon (it provisions the devices): drop --url".into());
     }
     Ok(o)
 }
@@ -124,6 +144,30 @@ struct Started {
     child: Child,
     _state: tempfile::TempDir,
     stderr: PathBuf,
+    /// With `--readings`: one device per connection, then the warm-up device.
+    devices: Vec<KeyBlob>,
+}
+
+/// `count` signed readings of `device` with counters 1..=count, as the postcard bytes
+/// `/v1/readings` takes, signed by the firmware's own signer.
+fn signed_readings(device: &KeyBlob, count: u64) -> Vec<Vec<u8>> {
+    let signer = warden_firmware::signer::Signer::new(device);
+    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
+    (1..=count)
+        .map(|counter| {
+            let reading = Reading {
+                device_id: device.device_id.clone(),
+                counter,
+                timestamp_ms: None,
+                sensor: SensorKind::Accelerometer,
+                unit: Unit::MilliG,
+                scale: 1.0,
+                channels: 3,
+                samples: heapless::Vec::from_slice(&samples).unwrap(),
+            };
+            postcard::to_allocvec(&signer.sign(reading).unwrap()).unwrap()
+        })
+        .collect()
 }
 
 impl Drop for Started {
@@ -203,13 +247,32 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
     } else {
         unlimited_copy(&bin, o, state.path())?
     };
+    let mut devices = Vec::new();
+    if o.readings {
+        for i in 0..=o.connections {
+            let id = if i == o.connections { "load-warmup".to_string() } else { format!("load-{i}") };
+            let out = Command::new(&bin)
+                .args(["device", "provision", "--id", &id, "--out"])
+                .arg(state.path())
+                .env("WARDEN_STATE_DIR", state.path().join("state"))
+                .output()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            if !out.status.success() {
+                return Err(format!("provisioning {id}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            let blob =
+                std::fs::read(state.path().join(format!("{id}.keyblob"))).map_err(|e| e.to_string())?;
+            devices.push(KeyBlob::parse(&blob).map_err(|e| format!("{id}.keyblob: {e:?}"))?);
+        }
+    }
     let stderr = state.path().join("daemon.stderr");
     let log = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
-    let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--repo"])
-        .arg(&repo)
-        .arg("--trust")
-        .arg(&trust)
+    let mut serve = Command::new(&bin);
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--repo"]).arg(&repo).arg("--trust").arg(&trust);
+    if o.readings && !o.keep_limits {
+        serve.args(["--device-readings-per-minute", "4000000000"]);
+    }
+    let mut child = serve
         .env("WARDEN_STATE_DIR", state.path().join("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -225,7 +288,7 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
         let _ = tx.send(line);
         let _ = std::io::copy(&mut r, &mut std::io::sink());
     });
-    let started = Started { child, _state: state, stderr };
+    let started = Started { child, _state: state, stderr, devices };
     let line = rx.recv_timeout(Duration::from_secs(300)).unwrap_or_default();
     let Some(addr) = line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()) else {
         let err = std::fs::read_to_string(&started.stderr).unwrap_or_default();
@@ -354,13 +417,14 @@ fn main() {
     };
     // Every exit from here on goes through `run` returning, so a daemon started here is
     // killed (on drop) whatever happens.
-    let code = run(&o, &body, &base, daemon_pid);
+    let devices = started.as_ref().map(|s| s.devices.clone()).unwrap_or_default();
+    let code = run(&o, &body, &base, daemon_pid, &devices);
     drop(started);
     std::process::exit(code);
 }
 
 /// The load run against `base`; returns the exit code.
-fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
+fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[KeyBlob]) -> i32 {
     let Some(hostport) = base.strip_prefix("http://") else {
         eprintln!("loadgen: only http:// URLs");
         return 2;
@@ -373,14 +437,32 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
         eprintln!("loadgen: refusing to load {addr}: loopback addresses only");
         return 2;
     }
-    let mut request = format!(
-        "POST /v2/models/{}/infer HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        o.model,
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    let request = Arc::new(request);
+    let http = |path: &str, content_type: &str, body: &[u8]| {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    };
+    // Per connection, the requests it sends in turn: the same one again and again, or (readings)
+    // its device's readings in counter order, each sent once.
+    let (warmup_requests, per_thread): (Vec<Vec<u8>>, Vec<Arc<Vec<Vec<u8>>>>) = if o.readings {
+        let path = format!("/v1/readings?model={}", o.model);
+        let sign = |device: &KeyBlob, n: u64| -> Vec<Vec<u8>> {
+            signed_readings(device, n).iter().map(|b| http(&path, "application/octet-stream", b)).collect()
+        };
+        eprintln!("loadgen: signing readings for {} devices ...", o.connections);
+        let each = o.total.div_ceil(o.connections as u64) * 3 / 2 + 16;
+        let per_thread = devices[..o.connections].iter().map(|d| Arc::new(sign(d, each))).collect();
+        (sign(&devices[o.connections], o.warmup), per_thread)
+    } else {
+        let request =
+            Arc::new(vec![http(&format!("/v2/models/{}/infer", o.model), "application/json", body)]);
+        (vec![request[0].clone(); o.warmup as usize], vec![request; o.connections])
+    };
+    let cycle = !o.readings;
 
     // Warm-up on one connection (instance pools, caches), not timed.
     {
@@ -392,8 +474,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
             }
         };
         let mut buf = Vec::new();
-        for _ in 0..o.warmup {
-            match c.exchange(&request, &mut buf) {
+        for request in &warmup_requests {
+            match c.exchange(request, &mut buf) {
                 Ok(200) => {}
                 Ok(s) => {
                     eprintln!("loadgen: warm-up request answered {s}: {}", String::from_utf8_lossy(&buf));
@@ -418,16 +500,21 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(o.max_seconds);
     let threads: Vec<_> = (0..o.connections)
-        .map(|_| {
-            let (request, remaining, results, deadline_hit) =
-                (request.clone(), remaining.clone(), results.clone(), deadline_hit.clone());
+        .map(|i| {
+            let (requests, remaining, results, deadline_hit) =
+                (per_thread[i].clone(), remaining.clone(), results.clone(), deadline_hit.clone());
             let unreachable = unreachable.clone();
             std::thread::spawn(move || {
                 let mut mine = Results::default();
                 let mut conn = Conn::open(addr);
                 let mut failed_connects = 0;
                 let mut buf = Vec::with_capacity(4096);
+                let mut next = 0usize;
                 loop {
+                    let request = match requests.get(if cycle { next % requests.len() } else { next }) {
+                        Some(r) => r,
+                        None => break,
+                    };
                     if remaining
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
                         .is_err()
@@ -464,7 +551,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>) -> i32 {
                         }
                     };
                     let t = Instant::now();
-                    match c.exchange(&request, &mut buf) {
+                    next += 1;
+                    match c.exchange(request, &mut buf) {
                         Ok(status) => {
                             let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                             mine.latencies_us.push(us);

@@ -389,10 +389,18 @@ fn count_sandbox_failure(state: &AppState, model: &str, e: &Error) {
     state.metrics.sandbox_failures.get_or_create(&SandboxLabels { model: model.to_owned(), kind }).inc();
 }
 
-/// Runs `inputs` through `model` on a blocking thread (validation, sandbox, output policy).
-async fn run_model(state: &Arc<AppState>, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
+/// Runs `before` (blocking work that must precede the model, such as recording a reading's
+/// counter durably) and then `inputs` through `model` (validation, sandbox, output policy), on one
+/// blocking thread.
+async fn run_model(
+    state: &Arc<AppState>,
+    model: &Model,
+    inputs: Vec<Tensor>,
+    before: impl FnOnce(&AppState) -> ApiResult<()> + Send + 'static,
+) -> ApiResult<Vec<Tensor>> {
     let (state2, model2) = (state.clone(), model.clone());
     tokio::task::spawn_blocking(move || {
+        before(&state2)?;
         model2.infer(inputs).map_err(|e| {
             count_sandbox_failure(&state2, &model2.manifest().name, &e);
             ApiError::from(e)
@@ -468,7 +476,7 @@ async fn kserve_infer(
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
     request.check_parameters()?;
     let inputs = request.tensors()?;
-    let mut outputs = run_model(state, &model, inputs).await?;
+    let mut outputs = run_model(state, &model, inputs, |_| Ok(())).await?;
     if let Some(wanted) = &request.outputs {
         if let Some(w) = wanted.iter().find(|w| !outputs.iter().any(|o| o.name == w.name)) {
             return Err(ApiError::new(
@@ -566,12 +574,9 @@ async fn reading(
     state.limits.check_device(&device)?;
     let budget = state.limits.admit(&key, &model)?;
     let _queued = state.limits.enqueue(&model)?;
-    let state2 = state.clone();
     let signed2 = signed.clone();
-    tokio::task::spawn_blocking(move || state2.verifier.record(&signed2)).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("reading task failed: {e}"))
-    })??;
-    let outputs = run_model(state, &model, vec![input]).await?;
+    let record = move |state: &AppState| state.verifier.record(&signed2).map_err(ApiError::from);
+    let outputs = run_model(state, &model, vec![input], record).await?;
     let m = model.manifest();
     let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
     let reply = InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false);

@@ -2,6 +2,7 @@
 //! checks) against native tract running the same engine code, on every model with a fixture.
 //!
 //! `cargo bench -p warden-benches --bench inference`
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -7,6 +7,7 @@
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox
 //! with native tract running identical code.
+#![forbid(unsafe_code)]
 
 mod engine;
 

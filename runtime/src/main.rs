@@ -1,4 +1,5 @@
 //! The `warden` command: glue over the `warden` library.
+#![forbid(unsafe_code)]
 
 mod cli;
 

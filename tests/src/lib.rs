@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: paths, a runtime with a shared compiled-guest cache,
 //! signed test bundles, and the ONNX Runtime reference fixtures.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! per-model load (verify + parse + optimize in the sandbox). Medians of several runs.
 //!
 //! `cargo run --release -p warden-benches --bin coldstart [-- RUNS]`
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 //! Prints a markdown table and writes `benches/results/latest.{md,json,svg}`.
 //!
 //! `cargo run --release -p warden-benches --bin compare [-- --quick] [--models digits,bench_cnn]`
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};

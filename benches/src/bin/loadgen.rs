@@ -12,6 +12,7 @@
 //! Only loopback addresses are accepted. The client is a minimal HTTP/1.1 writer/reader over
 //! `std::net::TcpStream` (one thread per connection), so it costs little CPU next to the daemon and
 //! needs no dependency.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -297,6 +298,9 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
     Ok((started, format!("http://{addr}")))
 }
 
+/// The bytes of one HTTP request.
+type Request = Vec<u8>;
+
 /// One keep-alive HTTP/1.1 connection.
 struct Conn {
     addr: SocketAddr,
@@ -448,7 +452,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     };
     // Per connection, the requests it sends in turn: the same one again and again, or (readings)
     // its device's readings in counter order, each sent once.
-    let (warmup_requests, per_thread): (Vec<Vec<u8>>, Vec<Arc<Vec<Vec<u8>>>>) = if o.readings {
+    let (warmup_requests, per_thread): (Vec<Request>, Vec<Arc<Vec<Request>>>) = if o.readings {
         let path = format!("/v1/readings?model={}", o.model);
         let sign = |device: &KeyBlob, n: u64| -> Vec<Vec<u8>> {
             signed_readings(device, n).iter().map(|b| http(&path, "application/octet-stream", b)).collect()
@@ -510,11 +514,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
                 let mut failed_connects = 0;
                 let mut buf = Vec::with_capacity(4096);
                 let mut next = 0usize;
-                loop {
-                    let request = match requests.get(if cycle { next % requests.len() } else { next }) {
-                        Some(r) => r,
-                        None => break,
-                    };
+                while let Some(request) = requests.get(if cycle { next % requests.len() } else { next }) {
                     if remaining
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
                         .is_err()

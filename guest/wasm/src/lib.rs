@@ -84,12 +84,16 @@ fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
 }
 
 /// The contract version.
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
+// defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_abi_version() -> u32 {
     ABI_VERSION
 }
 
 /// A buffer of at least `len` bytes for the next request.
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
+// defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_reserve(len: u32) -> u32 {
     GUEST.with_borrow_mut(|g| {
@@ -110,6 +114,8 @@ fn request(g: &Guest, len: u32) -> Result<&[u8], GuestError> {
 }
 
 /// Parses and optimizes the model in the request buffer.
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
+// defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_load(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {
@@ -125,6 +131,8 @@ pub extern "C" fn warden_load(len: u32) -> u64 {
 }
 
 /// Runs the loaded model on the inputs in the request buffer.
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
+// defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_run(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {
@@ -153,6 +161,8 @@ pub extern "C" fn warden_run(len: u32) -> u64 {
 }
 
 /// Describes the model in the request buffer without loading it.
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
+// defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_inspect(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {

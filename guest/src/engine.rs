@@ -48,8 +48,39 @@ fn error(kind: GuestErrorKind, e: impl std::fmt::Debug) -> GuestError {
 
 /// Parses ONNX bytes. Node names are only labels, but tract requires them unique while some
 /// exporters (OpenVINO's) repeat them; duplicates get a `#n` suffix first.
+/// Refuses tensor dimensions that are negative or do not fit this target's `usize`: tract would
+/// truncate them (a tensor declared `[2^32 + 1]` loads as one element in the 32-bit guest).
+fn check_dims(graph: &tract_onnx::pb::GraphProto) -> TractResult<()> {
+    fn tensor(t: &tract_onnx::pb::TensorProto) -> TractResult<()> {
+        if let Some(d) = t.dims.iter().find(|d| usize::try_from(**d).is_err()) {
+            return Err(TractError::msg(format!(
+                "tensor {:?}: dimension {d} is negative or too large",
+                t.name
+            )));
+        }
+        Ok(())
+    }
+    for t in &graph.initializer {
+        tensor(t)?;
+    }
+    for node in &graph.node {
+        for a in &node.attribute {
+            for t in a.t.iter().chain(&a.tensors) {
+                tensor(t)?;
+            }
+            for g in a.g.iter().chain(&a.graphs) {
+                check_dims(g)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse(bytes: &[u8], onnx: &tract_onnx::Onnx) -> TractResult<InferenceModel> {
     let mut proto = onnx.proto_model_for_read(&mut &*bytes)?;
+    if let Some(graph) = proto.graph.as_ref() {
+        check_dims(graph)?;
+    }
     if let Some(graph) = proto.graph.as_mut() {
         let mut seen = std::collections::HashSet::new();
         for (ix, node) in graph.node.iter_mut().enumerate() {

@@ -535,12 +535,9 @@ fn soak_mixed_traffic_keeps_good_requests_whole_and_memory_flat() {
 }
 
 /// Every error is `{"error": "..."}` (README), including a request with the wrong method on a
-/// known path. It is answered 405 with an empty body today: axum's default for a method the
-/// route does not take, which the router's `fallback` (unknown paths only) does not cover.
-/// Proposed fix in `runtime/src/server/api.rs`, `router()`:
-/// `.method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "", "method not allowed") })`.
+/// known path (axum's default 405 has an empty body; the router's `method_not_allowed_fallback`
+/// answers it as JSON).
 #[test]
-#[ignore = "fails until the router answers 405 with {\"error\"} (see the doc comment)"]
 fn wrong_method_is_answered_with_a_json_error() {
     let dir = tempfile::tempdir().unwrap();
     let daemon =

@@ -247,6 +247,9 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/readings", post(readings))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "", "method not allowed on this endpoint")
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

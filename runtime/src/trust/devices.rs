@@ -272,7 +272,7 @@ pub fn reading_to_input(
         .collect();
     let n = crate::tensor::element_count(&shape).unwrap_or(0);
     let start = spec.offset as usize;
-    let samples = r.samples.get(start..start + n).ok_or_else(|| {
+    let samples = start.checked_add(n).and_then(|end| r.samples.get(start..end)).ok_or_else(|| {
         ReadingError::Shape(format!("{} samples, the model needs {n} from offset {start}", r.samples.len()))
     })?;
     let scale = if spec.apply_scale { r.scale } else { 1.0 };

@@ -115,6 +115,12 @@ impl InferRequest {
     /// `header_len` bytes followed by the binary data of the inputs that declare
     /// `binary_data_size`, in order.
     pub fn from_body(body: &[u8], header_len: Option<usize>) -> Result<InferRequest> {
+        let request = InferRequest::from_binary_body(body, header_len)?;
+        request.check_parameters()?;
+        Ok(request)
+    }
+
+    fn from_binary_body(body: &[u8], header_len: Option<usize>) -> Result<InferRequest> {
         let Some(n) = header_len else { return InferRequest::from_json(body) };
         let (header, mut rest) = body.split_at_checked(n).ok_or_else(|| {
             Error::Request(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len()))
@@ -159,7 +165,7 @@ impl InferRequest {
         }
     }
 
-    /// Refuses binary-data flags that are not booleans (checked once, before inference).
+    /// Refuses binary-data flags that are not booleans ([`from_body`](Self::from_body) checks it).
     pub fn check_parameters(&self) -> Result<()> {
         flag(self.parameters.as_ref(), "binary_data_output")?;
         for o in self.outputs.iter().flatten() {

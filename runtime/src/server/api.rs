@@ -477,7 +477,6 @@ async fn kserve_infer(
         ),
     };
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
-    request.check_parameters()?;
     let inputs = request.tensors()?;
     let mut outputs = run_model(state, &model, inputs, |_| Ok(())).await?;
     if let Some(wanted) = &request.outputs {

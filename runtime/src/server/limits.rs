@@ -39,7 +39,7 @@ pub enum LimitError {
 }
 
 /// Host-wide limits from the config (the manifest's apply per model on top).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostLimits {
     /// Requests per minute one client (token) may make across all models. By default unlimited.
     pub client_requests_per_minute: Option<u32>,
@@ -47,6 +47,16 @@ pub struct HostLimits {
     pub device_readings_per_minute: Option<u32>,
     /// Requests that may wait for an instance, per model, beyond those running. By default 64.
     pub queue_depth: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            client_requests_per_minute: None,
+            device_readings_per_minute: Some(600),
+            queue_depth: 64,
+        }
+    }
 }
 
 type ModelKey = (String, u64);

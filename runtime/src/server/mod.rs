@@ -59,11 +59,7 @@ impl Default for ServerConfig {
             freshness: Duration::from_secs(300),
             tls: None,
             require_tokens: false,
-            limits: HostLimits {
-                client_requests_per_minute: None,
-                device_readings_per_minute: Some(600),
-                queue_depth: 64,
-            },
+            limits: HostLimits::default(),
             dangerous_plain_http_on_network: false,
             dangerous_no_auth_on_network: false,
         }

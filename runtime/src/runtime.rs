@@ -35,6 +35,7 @@ pub struct RuntimeBuilder {
     max_input_bytes: u64,
     pooling: bool,
     relaxed_simd: bool,
+    native_kernels: bool,
     guest: Option<Arc<[u8]>>,
     progress: Option<ProgressFn>,
 }
@@ -141,6 +142,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Offer the guest this CPU's native matrix-multiply kernels, run on checked ranges of the
+    /// guest's memory (see ARCHITECTURE.md, "Trust boundary"). By default `true`; with `false`
+    /// every product runs as WebAssembly, about 2x slower on matmul-heavy models.
+    pub fn native_kernels(mut self, on: bool) -> Self {
+        self.native_kernels = on;
+        self
+    }
+
     /// Run this guest module instead of the one built in (for comparing guest builds).
     pub fn guest_module(mut self, wasm: impl Into<Arc<[u8]>>) -> Self {
         self.guest = Some(wasm.into());
@@ -167,6 +176,7 @@ impl RuntimeBuilder {
             cache_dir,
             guest: self.guest.clone(),
             relaxed_simd: self.relaxed_simd,
+            native_kernels: self.native_kernels,
             ..SandboxConfig::default()
         };
         let progress = self.progress.clone();
@@ -225,9 +235,21 @@ impl Runtime {
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             pooling: true,
             relaxed_simd: false,
+            native_kernels: true,
             guest: None,
             progress: None,
         }
+    }
+
+    /// The native kernels offered to the guest, by name (empty when switched off or when tract
+    /// has none for this CPU).
+    pub fn native_kernels(&self) -> Vec<&str> {
+        self.sandbox.native_kernels()
+    }
+
+    /// How many matrix tiles the guest has run with native kernels so far.
+    pub fn native_kernel_calls(&self) -> u64 {
+        self.sandbox.native_kernel_calls()
     }
 
     /// Whether the guest was compiled on this start or loaded from the cache, and how long it took.

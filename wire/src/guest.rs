@@ -19,6 +19,9 @@
 //!
 //! Everything the guest returns is untrusted: the host bounds-checks the pointer and length
 //! against the guest's memory and validates the decoded tensors before using them.
+//!
+//! The guest also imports three functions from the host, described in [`kernels`]: the host's
+//! native matrix-multiply kernels, run on bounds-checked ranges of the guest's own memory.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -28,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::DType;
 
 /// Version of this contract; bumped on any change to the exports or the messages.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// One dimension of an input fact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +158,121 @@ pub type Reply<T> = Result<T, GuestError>;
 
 /// Longest error message a guest sends.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// Host-provided matrix-multiply kernels: the imports of module [`kernels::MODULE`].
+///
+/// | import | signature | meaning |
+/// | --- | --- | --- |
+/// | `mmm_kernels` | `(buf: i32, cap: i32) -> i32` | writes the postcard `Vec<`[`kernels::HostKernel`]`>` to `buf` if it fits in `cap` bytes; returns its length either way |
+/// | `mmm_pick` | `(m: i64, k: i64, n: i64) -> i32` | index of the kernel the host would use natively for this f32 product (`-1` for a dimension not known), or `-1` for none |
+/// | `mmm_run` | `(kernel: i32, ops: i32, count: i32) -> i32` | runs one tile: `count` ops of [`kernels::WORDS_PER_OP`] `u32` words each at `ops` |
+///
+/// An op is an opcode word and four payload words, mirroring tract's `FusedKerSpec<f32>` with
+/// guest addresses for pointers. The host checks every range an op touches against the guest's
+/// memory (and the packed panels' alignment) before its native kernel reads or writes it, and
+/// traps the guest on anything else. The list must not end with `Done`: the host adds it.
+pub mod kernels {
+    use alloc::string::String;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The import module name.
+    pub const MODULE: &str = "warden";
+    /// `(buf: i32, cap: i32) -> i32`.
+    pub const LIST: &str = "mmm_kernels";
+    /// `(m: i64, k: i64, n: i64) -> i32`.
+    pub const PICK: &str = "mmm_pick";
+    /// `(kernel: i32, ops: i32, count: i32) -> i32`.
+    pub const RUN: &str = "mmm_run";
+    /// Most ops in one `mmm_run` call.
+    pub const MAX_OPS: usize = 32;
+    /// `u32` words per op: the opcode and four payload words.
+    pub const WORDS_PER_OP: usize = 5;
+
+    /// How one operand is packed: tract's `PackedFormat` for f32 with `r` = the kernel's `mr`
+    /// (operand A) or `nr` (operand B).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Packing {
+        /// Alignment of every panel, in bytes.
+        pub alignment: u32,
+        /// Extra records of padding at the end of a panel.
+        pub end_padding: u32,
+    }
+
+    /// One native kernel the host offers.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HostKernel {
+        /// The native kernel's name (unique in the list).
+        pub name: String,
+        /// Rows of a tile.
+        pub mr: u32,
+        /// Columns of a tile.
+        pub nr: u32,
+        /// Packing of operand A.
+        pub a: Packing,
+        /// Packing of operand B.
+        pub b: Packing,
+        /// Whether border tiles go through row-major scratch space.
+        pub row_major_store: bool,
+    }
+
+    /// Opcodes. Payload words: `f32` bits for scalars; a guest address for per-row (`mr`
+    /// values) and per-column (`nr` values) operands; see each constant otherwise.
+    pub mod op {
+        /// Zero the accumulator tile.
+        pub const CLEAR: u32 = 1;
+        /// Load the tile: column-major address, row-major address (`mr * nr` values each).
+        pub const LOAD_TILE: u32 = 2;
+        /// Elementwise min with a scalar.
+        pub const SCALAR_MIN: u32 = 3;
+        /// Elementwise max with a scalar.
+        pub const SCALAR_MAX: u32 = 4;
+        /// Add a scalar.
+        pub const SCALAR_ADD: u32 = 5;
+        /// Multiply by a scalar.
+        pub const SCALAR_MUL: u32 = 6;
+        /// Subtract a scalar.
+        pub const SCALAR_SUB: u32 = 7;
+        /// Subtract from a scalar.
+        pub const SCALAR_SUB_F: u32 = 8;
+        /// Leaky ReLU with this slope.
+        pub const LEAKY_RELU: u32 = 9;
+        /// Per-row min (`mr` values).
+        pub const PER_ROW_MIN: u32 = 10;
+        /// Per-row max.
+        pub const PER_ROW_MAX: u32 = 11;
+        /// Per-row add.
+        pub const PER_ROW_ADD: u32 = 12;
+        /// Per-row multiply.
+        pub const PER_ROW_MUL: u32 = 13;
+        /// Per-row subtract.
+        pub const PER_ROW_SUB: u32 = 14;
+        /// Per-row subtract from.
+        pub const PER_ROW_SUB_F: u32 = 15;
+        /// Per-column min (`nr` values).
+        pub const PER_COL_MIN: u32 = 16;
+        /// Per-column max.
+        pub const PER_COL_MAX: u32 = 17;
+        /// Per-column add.
+        pub const PER_COL_ADD: u32 = 18;
+        /// Per-column multiply.
+        pub const PER_COL_MUL: u32 = 19;
+        /// Per-column subtract.
+        pub const PER_COL_SUB: u32 = 20;
+        /// Per-column subtract from.
+        pub const PER_COL_SUB_F: u32 = 21;
+        /// Add a tile read with strides: address, row byte stride (i32), column byte stride
+        /// (i32), item size (must be 4).
+        pub const ADD_UNICAST: u32 = 22;
+        /// Add `rows[i] * cols[j]`: rows address (`mr` values), columns address (`nr` values).
+        pub const ADD_ROW_COL_PRODUCTS: u32 = 23;
+        /// Store the tile with strides: as [`ADD_UNICAST`].
+        pub const STORE: u32 = 24;
+        /// Accumulate packed A times packed B: `k`, A panel address, B panel address, packing
+        /// index (must be 0).
+        pub const ADD_MAT_MUL: u32 = 25;
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

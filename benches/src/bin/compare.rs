@@ -92,10 +92,13 @@ const SUITE: &[Spec] = &[
     },
 ];
 
-const ENGINES: [&str; 3] = ["Warden sandbox", "native tract", "ONNX Runtime"];
+const ENGINES: [&str; 4] = ["Warden sandbox", "native tract", "ONNX Runtime", "sandbox, wasm kernels only"];
 const SANDBOX: usize = 0;
 const NATIVE: usize = 1;
 const ORT: usize = 2;
+/// The sandbox with `native_kernels(false)`: every product in WebAssembly (the state before
+/// host kernels), side by side with the default.
+const WASM_ONLY: usize = 3;
 
 /// Relative tolerance of the output check (as `tests/e2e/reference.rs`).
 const TOLERANCE: f64 = 1e-4;
@@ -221,7 +224,7 @@ fn geomean(v: impl IntoIterator<Item = f64>) -> Option<f64> {
 struct Row {
     name: &'static str,
     label: &'static str,
-    engines: [Samples; 3],
+    engines: [Samples; 4],
     /// Largest deviation of the sandbox's and native tract's outputs from ONNX Runtime's, in
     /// units of the tolerance (<= 1 is a match).
     mismatch: f64,
@@ -491,6 +494,12 @@ fn main() {
     let publisher = TestPublisher::new(dir.path());
     let runtime =
         builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
+    let wasm_only = builder(&dir.path().join("state-wasm"), &publisher.trust)
+        .instances_per_model(1)
+        .native_kernels(false)
+        .build()
+        .unwrap();
+    eprintln!("native kernels offered to the guest: {}", runtime.native_kernels().join(", "));
 
     let mut ort_version = String::from("?");
     let mut rows = Vec::new();
@@ -503,12 +512,18 @@ fn main() {
         eprintln!("{tag}: loading (sandbox, native tract, ONNX Runtime)");
         let bundle = publisher.bundle(&dir.path().join("repo"), &manifest, &bytes);
         let mut model = runtime.load_bundle(&bundle).unwrap();
+        let mut model_w = wasm_only.load_bundle(&bundle).unwrap();
         let inputs = tensors(&fixture.cases[0].inputs);
         let expected = tensors(&fixture.cases[0].outputs);
 
+        let tiles = runtime.native_kernel_calls();
         let sandbox_out = model.infer(inputs.clone()).unwrap();
+        eprintln!("{tag}: {} matrix tiles per inference on native kernels", runtime.native_kernel_calls() - tiles);
+        let wasm_out = model_w.infer(inputs.clone()).unwrap();
         let (mut native, native_out) = Native::start(bytes.clone(), manifest.input_facts(), inputs.clone());
-        let mismatch = deviation(&sandbox_out, &expected).max(deviation(&native_out, &expected));
+        let mismatch = deviation(&sandbox_out, &expected)
+            .max(deviation(&native_out, &expected))
+            .max(deviation(&wasm_out, &expected));
         if mismatch > 1.0 {
             eprintln!("{tag}: WARNING: outputs differ from ONNX Runtime's ({mismatch:.1}x the tolerance)");
         }
@@ -525,7 +540,7 @@ fn main() {
                 None
             }
         };
-        let mut engines: [Samples; 3] = Default::default();
+        let mut engines: [Samples; 4] = Default::default();
         for round in 0..opts.rounds {
             // Every round loads the model afresh into a new sandbox instance and a new native
             // engine: the sandbox's speed varies from one load to the next on some models (see
@@ -533,17 +548,21 @@ fn main() {
             if round > 0 {
                 drop(model);
                 model = runtime.load_bundle(&bundle).unwrap();
+                drop(model_w);
+                model_w = wasm_only.load_bundle(&bundle).unwrap();
                 drop(native);
                 native = Native::start(bytes.clone(), manifest.input_facts(), inputs.clone()).0;
             }
             // Warm-up (ort_bench.py warmed up before it said it was ready).
             sandbox_round(&model, &inputs, Duration::ZERO, opts.warmup);
+            sandbox_round(&model_w, &inputs, Duration::ZERO, opts.warmup);
             native.run(Duration::ZERO, opts.warmup);
             let mut line = format!("{tag}: round {}/{}:", round + 1, opts.rounds);
-            for k in 0..3 {
-                let engine = (round + k) % 3;
+            for k in 0..ENGINES.len() {
+                let engine = (round + k) % ENGINES.len();
                 let samples = match engine {
                     SANDBOX => sandbox_round(&model, &inputs, opts.budget, opts.min_iters),
+                    WASM_ONLY => sandbox_round(&model_w, &inputs, opts.budget, opts.min_iters),
                     NATIVE => native.run(opts.budget, opts.min_iters),
                     _ => match ort.as_mut().map(|o| o.run(opts.budget, opts.min_iters)) {
                         Some(Ok(s)) => s,
@@ -568,11 +587,13 @@ fn main() {
         }
         drop(ort);
         drop(native);
+        drop(model_w);
         rows.push(Row { name: spec.name, label: spec.label, engines, mismatch, ort_error });
     }
 
     let geo = |a, b| geomean(rows.iter().filter_map(|r| r.ratio(a, b)));
     let (g_sn, g_so, g_no) = (geo(SANDBOX, NATIVE), geo(SANDBOX, ORT), geo(NATIVE, ORT));
+    let (g_wn, g_sw) = (geo(WASM_ONLY, NATIVE), geo(SANDBOX, WASM_ONLY));
     let elapsed = wall.elapsed();
     let mut command = String::from("cargo run --release -p warden-benches --bin compare");
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -594,12 +615,12 @@ fn main() {
         elapsed.as_secs_f64(),
         cpu_model()
     );
-    md += "| model | what | Warden sandbox | native tract | ONNX Runtime | sandbox / native | sandbox / ORT | native / ORT |\n";
-    md += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    md += "| model | what | Warden sandbox | native tract | ONNX Runtime | sandbox / native | sandbox / ORT | native / ORT | sandbox, wasm kernels only | wasm-only / native | sandbox / wasm-only |\n";
+    md += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for r in &rows {
         let flag = if r.mismatch > 1.0 { " (outputs differ!)" } else { "" };
         md += &format!(
-            "| {}{flag} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{flag} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.label,
             fmt_us(r.engines[SANDBOX].median()),
@@ -608,13 +629,18 @@ fn main() {
             fmt_ratio(r.ratio(SANDBOX, NATIVE)),
             fmt_ratio(r.ratio(SANDBOX, ORT)),
             fmt_ratio(r.ratio(NATIVE, ORT)),
+            fmt_us(r.engines[WASM_ONLY].median()),
+            fmt_ratio(r.ratio(WASM_ONLY, NATIVE)),
+            fmt_ratio(r.ratio(SANDBOX, WASM_ONLY)),
         );
     }
     md += &format!(
-        "| **geometric mean** | | | | | **{}** | **{}** | **{}** |\n",
+        "| **geometric mean** | | | | | **{}** | **{}** | **{}** | | **{}** | **{}** |\n",
         fmt_ratio(g_sn),
         fmt_ratio(g_so),
-        fmt_ratio(g_no)
+        fmt_ratio(g_no),
+        fmt_ratio(g_wn),
+        fmt_ratio(g_sw)
     );
     for r in &rows {
         for (e, samples) in r.engines.iter().enumerate() {
@@ -669,12 +695,18 @@ fn main() {
             "sandbox_over_native": r.ratio(SANDBOX, NATIVE),
             "sandbox_over_onnxruntime": r.ratio(SANDBOX, ORT),
             "native_over_onnxruntime": r.ratio(NATIVE, ORT),
+            "sandbox_wasm_kernels_only": r.engines[WASM_ONLY].json(),
+            "wasm_only_over_native": r.ratio(WASM_ONLY, NATIVE),
+            "sandbox_over_wasm_only": r.ratio(SANDBOX, WASM_ONLY),
         })).collect::<Vec<_>>(),
         "geomean": {
             "sandbox_over_native": g_sn,
             "sandbox_over_onnxruntime": g_so,
             "native_over_onnxruntime": g_no,
+            "wasm_only_over_native": g_wn,
+            "sandbox_over_wasm_only": g_sw,
         },
+        "native_kernels": runtime.native_kernels(),
         "skipped": skipped,
     });
     std::fs::write(out_dir.join("latest.json"), serde_json::to_string_pretty(&report).unwrap() + "\n")
@@ -690,10 +722,11 @@ fn main() {
     );
 }
 
-const COLORS: [plotters::style::RGBColor; 3] = [
+const COLORS: [plotters::style::RGBColor; 4] = [
     plotters::style::RGBColor(0xd6, 0x5f, 0x0e), // sandbox
     plotters::style::RGBColor(0x1f, 0x77, 0xb4), // native tract
     plotters::style::RGBColor(0x55, 0x55, 0x55), // ONNX Runtime
+    plotters::style::RGBColor(0xf2, 0xb7, 0x7f), // sandbox, wasm kernels only
 ];
 
 /// Two panels: median latency per engine (log scale), and the sandbox's ratios (log scale,
@@ -749,8 +782,8 @@ fn chart(
         let color = COLORS[e];
         c.draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
             let v = r.engines[e].median()?;
-            let x0 = 0.14 + 0.24 * e as f64;
-            Some(Rectangle::new([(x(i, x0), lo), (x(i, x0 + 0.22), v)], color.filled()))
+            let x0 = 0.1 + 0.2 * e as f64;
+            Some(Rectangle::new([(x(i, x0), lo), (x(i, x0 + 0.18), v)], color.filled()))
         }))?
         .label(*name)
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));

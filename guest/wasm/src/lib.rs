@@ -1,8 +1,11 @@
 //! The exports of the guest contract (see `warden_wire::guest`) over [`warden_guest::Engine`]:
-//! the WebAssembly module the runtime embeds. The only crate with `no_mangle` items; its only
-//! other unsafe code is the zeroing allocator. Natively it is empty.
+//! the WebAssembly module the runtime embeds. The only crate with `no_mangle` items; its other
+//! unsafe code is the zeroing allocator and the calls to the host's kernels (`kernels`).
+//! Natively it is empty.
 #![cfg(target_family = "wasm")]
 #![allow(unsafe_code)]
+
+mod kernels;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;

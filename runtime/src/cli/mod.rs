@@ -50,6 +50,10 @@ struct Global {
     /// built with +relaxed-simd; see benches/README.md).
     #[arg(long, global = true, hide = true)]
     relaxed_simd: bool,
+    /// Compute every matrix product in WebAssembly instead of with this CPU's native kernels
+    /// (about 2x slower on matmul-heavy models; see ARCHITECTURE.md, "Trust boundary").
+    #[arg(long, global = true)]
+    wasm_kernels_only: bool,
     /// Run this guest module instead of the built-in one (for comparing guest builds).
     #[arg(long, global = true, hide = true)]
     guest_wasm: Option<PathBuf>,
@@ -176,7 +180,7 @@ impl Global {
             let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             b = b.guest_module(wasm);
         }
-        b = b.relaxed_simd(self.relaxed_simd);
+        b = b.relaxed_simd(self.relaxed_simd).native_kernels(!self.wasm_kernels_only);
         let spinner = Arc::new(std::sync::Mutex::new(None::<indicatif::ProgressBar>));
         let shown = spinner.clone();
         b = b.on_progress(move |p| {

@@ -2,6 +2,7 @@
 //! cap, a stack cap and a per-call deadline.
 
 mod cache;
+mod kernels;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use warden_wire::guest::{
     ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
 };
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, TypedFunc,
+    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -22,6 +23,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 pub use cache::CompileOutcome;
 
+use self::kernels::{HostKernels, KernelFault};
 use crate::error::SandboxError;
 use crate::tensor::Tensor;
 
@@ -62,6 +64,10 @@ pub struct SandboxConfig {
     /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add (results
     /// may then differ in the last bits between hosts). By default `false`.
     pub relaxed_simd: bool,
+    /// Offer the guest this CPU's native matrix-multiply kernels (tract's), run on checked
+    /// ranges of the guest's memory; see ARCHITECTURE.md, "Trust boundary". By default `true`.
+    /// With `false` the guest computes every product with its own WebAssembly kernels.
+    pub native_kernels: bool,
 }
 
 impl Default for SandboxConfig {
@@ -75,6 +81,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(5),
             guest: None,
             relaxed_simd: false,
+            native_kernels: true,
         }
     }
 }
@@ -86,6 +93,7 @@ pub struct Sandbox {
     config: SandboxConfig,
     stop_ticker: Arc<AtomicBool>,
     compile: (CompileOutcome, Duration),
+    kernels: Arc<HostKernels>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -133,6 +141,36 @@ struct StoreState {
     wasi: WasiP1Ctx,
     limiter: Limiter,
     stderr: MemoryOutputPipe,
+    /// The guest's memory, once instantiated: what the kernel imports read and write.
+    memory: Option<Memory>,
+    kernels: Arc<HostKernels>,
+}
+
+/// The guest's memory and the kernels, for one import call.
+fn kernel_env<'a>(
+    caller: &'a mut Caller<'_, StoreState>,
+) -> Result<(&'a mut [u8], Arc<HostKernels>), KernelFault> {
+    let memory =
+        caller.data().memory.ok_or_else(|| KernelFault("called before the instance was set up".into()))?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    Ok((data, state.kernels.clone()))
+}
+
+/// Defines the kernel imports (`warden_wire::guest::kernels`).
+fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use warden_wire::guest::kernels::{LIST, MODULE, PICK, RUN};
+    linker.func_wrap(MODULE, LIST, |mut caller: Caller<'_, StoreState>, buf: u32, cap: u32| {
+        let (memory, kernels) = kernel_env(&mut caller)?;
+        Ok(kernels.list(memory, buf, cap)?)
+    })?;
+    linker.func_wrap(MODULE, PICK, |caller: Caller<'_, StoreState>, m: i64, k: i64, n: i64| {
+        caller.data().kernels.pick(m, k, n)
+    })?;
+    linker.func_wrap(MODULE, RUN, |mut caller: Caller<'_, StoreState>, kernel: u32, ops: u32, count: u32| {
+        let (memory, kernels) = kernel_env(&mut caller)?;
+        Ok(kernels.run(memory, kernel, ops, count)?)
+    })?;
+    Ok(())
 }
 
 impl Sandbox {
@@ -171,6 +209,7 @@ impl Sandbox {
             cache::load_or_compile(&engine, wasm, wasm_sha256, config.cache_dir.as_deref(), on_compile)?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
+        link_kernels(&mut linker).map_err(setup)?;
         let pre = linker.instantiate_pre(&module).map_err(setup)?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -184,7 +223,19 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Setup(format!("starting the epoch thread: {e}")))?;
-        Ok(Sandbox { engine, pre, config, stop_ticker, compile: (outcome, elapsed) })
+        let kernels = Arc::new(if config.native_kernels { HostKernels::native() } else { HostKernels::none() });
+        Ok(Sandbox { engine, pre, config, stop_ticker, compile: (outcome, elapsed), kernels })
+    }
+
+    /// The native kernels offered to guests, by name (empty when `native_kernels` is off or
+    /// tract has none for this CPU).
+    pub fn native_kernels(&self) -> Vec<&str> {
+        self.kernels.names()
+    }
+
+    /// How many tiles guests have run with the native kernels so far.
+    pub fn native_kernel_calls(&self) -> u64 {
+        self.kernels.calls()
     }
 
     /// Whether the guest came from the cache, and how long getting it took.
@@ -209,7 +260,13 @@ impl Sandbox {
             .stderr(stderr.clone())
             .build_p1();
         let memory_limit = memory_limit.min(self.config.max_memory);
-        let state = StoreState { wasi, limiter: Limiter { memory_limit, hit_memory_cap: false }, stderr };
+        let state = StoreState {
+            wasi,
+            limiter: Limiter { memory_limit, hit_memory_cap: false },
+            stderr,
+            memory: None,
+            kernels: self.kernels.clone(),
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.ticks(timeout));
@@ -217,6 +274,7 @@ impl Sandbox {
         let instance = self.pre.instantiate(&mut guest.store).map_err(|e| guest.classify(e, timeout))?;
         let contract = |what: &str| SandboxError::Contract(format!("the guest does not export {what}"));
         let memory = instance.get_memory(&mut guest.store, "memory").ok_or_else(|| contract("memory"))?;
+        guest.store.data_mut().memory = Some(memory);
         let init = instance.get_typed_func::<(), ()>(&mut guest.store, "_initialize").ok();
         let version: TypedFunc<(), u32> = instance
             .get_typed_func(&mut guest.store, "warden_abi_version")

@@ -1,0 +1,398 @@
+//! The host's native matrix-multiply kernels, offered to the guest (`warden_wire::guest::kernels`).
+//!
+//! The guest keeps everything that parses and plans (tract's graph code, where its known crashes
+//! live) and hands only the arithmetic of one output tile at a time to a native tract kernel:
+//! the same kernel native tract would run for that product on this CPU. Each call names a
+//! kernel and lists its ops with guest addresses; [`HostKernels::run`] checks every byte range
+//! each op will read or write against the guest's linear memory, and the alignment of the packed
+//! panels, before building the native op list with host pointers into that memory. Anything
+//! else (an unknown opcode, a range outside memory, a misaligned panel, too many ops) traps the
+//! guest. This is the one place where guest-chosen addresses reach native code; see
+//! ARCHITECTURE.md, "Trust boundary", for what it trusts.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tract_data::prelude::DatumType;
+use tract_linalg::mmm::{DynKernel, FusedKerSpec, MatMatMul, MmmDispatch, OutputStoreKer, Query};
+use tract_linalg::pack::PackedFormat;
+use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, op};
+
+type KernelFn = unsafe fn(&[FusedKerSpec<f32>]) -> isize;
+
+/// One native kernel: its name, tile, packings and entry point.
+struct Native {
+    name: String,
+    mr: usize,
+    nr: usize,
+    a: PackedFormat,
+    b: PackedFormat,
+    run: KernelFn,
+}
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}x{})", self.name, self.mr, self.nr)
+    }
+}
+
+/// The kernels offered to guests of one sandbox.
+#[derive(Debug, Default)]
+pub(crate) struct HostKernels {
+    kernels: Vec<Native>,
+    /// The postcard list the guest reads with `mmm_kernels`.
+    listing: Vec<u8>,
+    calls: AtomicU64,
+}
+
+/// A kernel's entry point and packings, if it is an f32 `DynKernel` of one of these tile
+/// shapes (the shapes of tract's x86_64 and aarch64 f32 kernels).
+fn entry_point(mmm: &dyn MatMatMul) -> Option<(KernelFn, PackedFormat, PackedFormat, bool)> {
+    let any: &dyn Any = mmm;
+    macro_rules! shapes {
+        ($(($mr:literal $nr:literal))*) => {
+            $(
+                if let Some(k) = any.downcast_ref::<DynKernel<$mr, $nr, f32>>() {
+                    let (a, b) = k.packings.first()?;
+                    let a = a.downcast_ref::<PackedFormat>()?.clone();
+                    let b = b.downcast_ref::<PackedFormat>()?.clone();
+                    return Some((k.kernel, a, b, k.row_major_store));
+                }
+            )*
+        };
+    }
+    shapes!((8 8) (16 5) (16 6) (24 4) (32 3) (40 2) (64 1) (32 1) (128 1) (16 1) (16 12) (16 8) (32 6)
+        (32 5) (48 4) (64 3) (80 2) (12 8) (16 4) (24 8) (8 1) (4 4) (4 1));
+    None
+}
+
+impl HostKernels {
+    /// No kernels: the guest uses its own wasm kernels.
+    pub(crate) fn none() -> HostKernels {
+        let listing = postcard::to_allocvec(&Vec::<HostKernel>::new()).unwrap_or_default();
+        HostKernels { kernels: Vec::new(), listing, calls: AtomicU64::new(0) }
+    }
+
+    /// Every f32 kernel with plain packed operands that this CPU runs natively.
+    pub(crate) fn native() -> HostKernels {
+        let mut kernels = Vec::new();
+        for mmm in MmmDispatch::native().runnable() {
+            if mmm.internal_type() != DatumType::F32 {
+                continue;
+            }
+            let Some((run, a, b, _)) = entry_point(&**mmm) else { continue };
+            if a.dt != DatumType::F32 || b.dt != DatumType::F32 || a.r != mmm.mr() || b.r != mmm.nr() {
+                continue;
+            }
+            kernels.push(Native { name: mmm.name().to_owned(), mr: mmm.mr(), nr: mmm.nr(), a, b, run });
+        }
+        let listing: Vec<HostKernel> = kernels
+            .iter()
+            .map(|k| {
+                let row_major_store = MmmDispatch::native()
+                    .runnable()
+                    .iter()
+                    .find(|m| m.name() == k.name)
+                    .and_then(|m| entry_point(&**m))
+                    .is_some_and(|(_, _, _, row_major)| row_major);
+                HostKernel {
+                    name: k.name.clone(),
+                    mr: k.mr as u32,
+                    nr: k.nr as u32,
+                    a: packing(&k.a),
+                    b: packing(&k.b),
+                    row_major_store,
+                }
+            })
+            .collect();
+        let listing = postcard::to_allocvec(&listing).unwrap_or_default();
+        HostKernels { kernels, listing, calls: AtomicU64::new(0) }
+    }
+
+    /// Names of the kernels offered.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.kernels.iter().map(|k| k.name.as_str()).collect()
+    }
+
+    /// Tiles run so far.
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// `mmm_kernels`: the listing's length, written to `buf` if it fits.
+    pub(crate) fn list(&self, memory: &mut [u8], buf: u32, cap: u32) -> Result<u32, KernelFault> {
+        let len = self.listing.len();
+        if len <= cap as usize {
+            let dst = span(memory, buf, len as u64)?;
+            memory[dst..dst + len].copy_from_slice(&self.listing);
+        }
+        u32::try_from(len).map_err(|_| KernelFault("kernel listing above 4 GiB".into()))
+    }
+
+    /// `mmm_pick`: the index of the kernel native tract would use for this f32 product.
+    pub(crate) fn pick(&self, m: i64, k: i64, n: i64) -> i32 {
+        if self.kernels.is_empty() {
+            return -1;
+        }
+        let dim = |d: i64| usize::try_from(d).ok();
+        let query = Query::plain(DatumType::F32, dim(m), dim(k), dim(n));
+        let Some((mmm, packing, extractor)) = MmmDispatch::native().pick(&query) else { return -1 };
+        if packing != 0 || extractor.is_some() {
+            return -1;
+        }
+        self.kernels.iter().position(|k| k.name == mmm.name()).and_then(|i| i32::try_from(i).ok()).unwrap_or(-1)
+    }
+
+    /// `mmm_run`: checks the op list at `ops` and runs it with the native kernel.
+    pub(crate) fn run(&self, memory: &mut [u8], kernel: u32, ops: u32, count: u32) -> Result<i32, KernelFault> {
+        let ker = self
+            .kernels
+            .get(kernel as usize)
+            .ok_or_else(|| KernelFault(format!("no host kernel {kernel}")))?;
+        let count = count as usize;
+        if count > MAX_OPS {
+            return Err(KernelFault(format!("{count} ops in one tile (at most {MAX_OPS})")));
+        }
+        let at = span(memory, ops, (count * WORDS_PER_OP * 4) as u64)?;
+        let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+        for (i, w) in words.iter_mut().take(count * WORDS_PER_OP).enumerate() {
+            let b = &memory[at + 4 * i..at + 4 * i + 4];
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        let base = memory.as_mut_ptr();
+        let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
+        for (i, w) in words.chunks_exact(WORDS_PER_OP).take(count).enumerate() {
+            spec[i] = decode(memory.len(), base, ker, w)?;
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(call_native(ker.run, &spec[..=count]))
+    }
+}
+
+/// Runs a native kernel on a checked op list.
+#[allow(unsafe_code)]
+fn call_native(run: KernelFn, spec: &[FusedKerSpec<f32>]) -> i32 {
+    // SAFETY: `spec` ends with `Done`, and `decode` checked every op in it: each pointer is the
+    // guest memory's base plus an offset such that every byte the op reads or writes (per
+    // tract's kernel contract: `k` packed records of the kernel's own packings for AddMatMul,
+    // `mr`/`nr` values for per-row/per-column operands, `mr x nr` items at the given strides for
+    // tiles) lies inside the guest's memory, and packed panels have their packing's alignment.
+    // The memory cannot move or shrink while the guest is suspended in this call.
+    let result = unsafe { run(spec) };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: AVX is present. Clears the upper halves the kernel left dirty, so the
+        // sandbox's and the host's SSE code pays no transition penalty afterwards.
+        unsafe { std::arch::x86_64::_mm256_zeroupper() };
+    }
+    result as i32
+}
+
+/// The guest broke the kernel contract; the guest is trapped with this message.
+#[derive(Debug)]
+pub(crate) struct KernelFault(pub(crate) String);
+
+impl std::fmt::Display for KernelFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host kernel call refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for KernelFault {}
+
+fn packing(p: &PackedFormat) -> Packing {
+    Packing { alignment: p.alignment_bytes as u32, end_padding: p.end_padding_record as u32 }
+}
+
+/// The offset of `len` bytes at guest address `addr`, if they all lie in memory.
+fn span(memory: &[u8], addr: u32, len: u64) -> Result<usize, KernelFault> {
+    let end = u64::from(addr).checked_add(len);
+    match end {
+        Some(end) if end <= memory.len() as u64 => Ok(addr as usize),
+        _ => Err(KernelFault(format!("{len} bytes at {addr:#x} are outside guest memory"))),
+    }
+}
+
+/// A host pointer to `len` bytes at guest address `addr`, aligned to `align` bytes.
+fn pointer(mem_len: usize, base: *mut u8, addr: u32, len: u64, align: usize) -> Result<*mut u8, KernelFault> {
+    let end = u64::from(addr).checked_add(len);
+    if !matches!(end, Some(end) if end <= mem_len as u64) {
+        return Err(KernelFault(format!("{len} bytes at {addr:#x} are outside guest memory")));
+    }
+    let ptr = base.wrapping_add(addr as usize);
+    if !(ptr as usize).is_multiple_of(align.max(1)) {
+        return Err(KernelFault(format!("address {addr:#x} is not aligned to {align} bytes")));
+    }
+    Ok(ptr)
+}
+
+/// A strided `mr x nr` tile of f32 items: a host pointer after checking all of it is in memory.
+fn tile(mem_len: usize, base: *mut u8, ker: &Native, w: &[u32]) -> Result<OutputStoreKer, KernelFault> {
+    let (addr, rs, cs, item) = (w[1], i64::from(w[2] as i32), i64::from(w[3] as i32), w[4]);
+    if item != 4 {
+        return Err(KernelFault(format!("tile items of {item} bytes (f32 tiles only)")));
+    }
+    let (last_r, last_c) = ((ker.mr - 1) as i64 * rs, (ker.nr - 1) as i64 * cs);
+    let lo = i64::from(addr) + last_r.min(0) + last_c.min(0);
+    let hi = i64::from(addr) + last_r.max(0) + last_c.max(0) + 4;
+    if lo < 0 || hi > mem_len as i64 {
+        return Err(KernelFault(format!("a tile at {addr:#x} (strides {rs}, {cs}) leaves guest memory")));
+    }
+    Ok(OutputStoreKer {
+        ptr: base.wrapping_add(addr as usize),
+        row_byte_stride: rs as isize,
+        col_byte_stride: cs as isize,
+        item_size: 4,
+    })
+}
+
+/// One op, with host pointers, after checking every range it touches.
+fn decode(mem_len: usize, base: *mut u8, ker: &Native, w: &[u32]) -> Result<FusedKerSpec<f32>, KernelFault> {
+    let values = |addr: u32, n: usize| -> Result<*const f32, KernelFault> {
+        Ok(pointer(mem_len, base, addr, n as u64 * 4, 1)?.cast_const().cast())
+    };
+    let rows = |addr| values(addr, ker.mr);
+    let cols = |addr| values(addr, ker.nr);
+    let scalar = f32::from_bits(w[1]);
+    Ok(match w[0] {
+        op::CLEAR => FusedKerSpec::Clear,
+        op::LOAD_TILE => {
+            FusedKerSpec::LoadTile(values(w[1], ker.mr * ker.nr)?, values(w[2], ker.mr * ker.nr)?)
+        }
+        op::SCALAR_MIN => FusedKerSpec::ScalarMin(scalar),
+        op::SCALAR_MAX => FusedKerSpec::ScalarMax(scalar),
+        op::SCALAR_ADD => FusedKerSpec::ScalarAdd(scalar),
+        op::SCALAR_MUL => FusedKerSpec::ScalarMul(scalar),
+        op::SCALAR_SUB => FusedKerSpec::ScalarSub(scalar),
+        op::SCALAR_SUB_F => FusedKerSpec::ScalarSubF(scalar),
+        op::LEAKY_RELU => FusedKerSpec::LeakyRelu(scalar),
+        op::PER_ROW_MIN => FusedKerSpec::PerRowMin(rows(w[1])?),
+        op::PER_ROW_MAX => FusedKerSpec::PerRowMax(rows(w[1])?),
+        op::PER_ROW_ADD => FusedKerSpec::PerRowAdd(rows(w[1])?),
+        op::PER_ROW_MUL => FusedKerSpec::PerRowMul(rows(w[1])?),
+        op::PER_ROW_SUB => FusedKerSpec::PerRowSub(rows(w[1])?),
+        op::PER_ROW_SUB_F => FusedKerSpec::PerRowSubF(rows(w[1])?),
+        op::PER_COL_MIN => FusedKerSpec::PerColMin(cols(w[1])?),
+        op::PER_COL_MAX => FusedKerSpec::PerColMax(cols(w[1])?),
+        op::PER_COL_ADD => FusedKerSpec::PerColAdd(cols(w[1])?),
+        op::PER_COL_MUL => FusedKerSpec::PerColMul(cols(w[1])?),
+        op::PER_COL_SUB => FusedKerSpec::PerColSub(cols(w[1])?),
+        op::PER_COL_SUB_F => FusedKerSpec::PerColSubF(cols(w[1])?),
+        op::ADD_ROW_COL_PRODUCTS => FusedKerSpec::AddRowColProducts(rows(w[1])?, cols(w[2])?),
+        op::ADD_UNICAST => FusedKerSpec::AddUnicast(tile(mem_len, base, ker, w)?),
+        op::STORE => FusedKerSpec::Store(tile(mem_len, base, ker, w)?),
+        op::ADD_MAT_MUL => {
+            let (k, packing) = (w[1] as usize, w[4]);
+            if packing != 0 {
+                return Err(KernelFault(format!("packing {packing} (host kernels have one)")));
+            }
+            let a_len = ker.a.single_panel_len(k) as u64 * 4;
+            let b_len = ker.b.single_panel_len(k) as u64 * 4;
+            let pa = pointer(mem_len, base, w[2], a_len, ker.a.alignment_bytes)?;
+            let pb = pointer(mem_len, base, w[3], b_len, ker.b.alignment_bytes)?;
+            FusedKerSpec::AddMatMul { k, pa: pa.cast_const(), pb: pb.cast_const(), packing: 0 }
+        }
+        other => return Err(KernelFault(format!("unknown op {other}"))),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A guest memory of `len` bytes whose base is 4 KiB-aligned, like wasmtime's.
+    fn memory(len: usize) -> Vec<u8> {
+        vec![0u8; len + 4096]
+    }
+
+    fn aligned(mem: &mut [u8]) -> &mut [u8] {
+        let skip = mem.as_ptr().align_offset(4096);
+        let len = mem.len() - 4096;
+        &mut mem[skip..skip + len]
+    }
+
+    fn write_ops(mem: &mut [u8], at: usize, ops: &[[u32; WORDS_PER_OP]]) -> u32 {
+        for (i, w) in ops.iter().flatten().enumerate() {
+            mem[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        ops.len() as u32
+    }
+
+    /// A real product through the checked path equals the plain one, and every kind of bad
+    /// address is refused before the native kernel runs.
+    #[test]
+    fn runs_a_checked_tile_and_refuses_bad_ranges() {
+        let kernels = HostKernels::native();
+        let Some(index) = usize::try_from(kernels.pick(64, 32, 64)).ok() else {
+            eprintln!("no native f32 kernel on this CPU; nothing to check");
+            return;
+        };
+        let ker = &kernels.kernels[index];
+        let (mr, nr, k) = (ker.mr, ker.nr, 32usize);
+        let mut backing = memory(1 << 20);
+        let mem = aligned(&mut backing);
+        let (pa, pb, c, ops) = (0x1000usize, 0x4_0000usize, 0x8_0000usize, 0x9_0000usize);
+        // Packed A: k records of mr values; packed B: k records of nr values.
+        let a = |kk: usize, i: usize| (kk * 7 + i * 3) as f32 % 5.0 - 2.0;
+        let b = |kk: usize, j: usize| (kk * 5 + j * 11) as f32 % 7.0 - 3.0;
+        for kk in 0..k {
+            for i in 0..mr {
+                mem[pa + 4 * (kk * mr + i)..][..4].copy_from_slice(&a(kk, i).to_le_bytes());
+            }
+            for j in 0..nr {
+                mem[pb + 4 * (kk * nr + j)..][..4].copy_from_slice(&b(kk, j).to_le_bytes());
+            }
+        }
+        let row_stride = (nr * 4) as u32;
+        let good = [
+            [op::CLEAR, 0, 0, 0, 0],
+            [op::ADD_MAT_MUL, k as u32, pa as u32, pb as u32, 0],
+            [op::SCALAR_ADD, 0.5f32.to_bits(), 0, 0, 0],
+            [op::STORE, c as u32, row_stride, 4, 4],
+        ];
+        let count = write_ops(mem, ops, &good);
+        assert_eq!(kernels.run(mem, index as u32, ops as u32, count).unwrap(), 0);
+        for i in 0..mr {
+            for j in 0..nr {
+                let want: f32 = (0..k).map(|kk| a(kk, i) * b(kk, j)).sum::<f32>() + 0.5;
+                let got = f32::from_le_bytes(mem[c + 4 * (i * nr + j)..][..4].try_into().unwrap());
+                assert!((got - want).abs() < 1e-3, "c[{i}][{j}] = {got}, want {want}");
+            }
+        }
+        assert_eq!(kernels.calls(), 1);
+
+        let top = mem.len() as u32;
+        let refused = [
+            ("a panel past the end", [op::ADD_MAT_MUL, k as u32, top - 64, pb as u32, 0]),
+            ("a huge k", [op::ADD_MAT_MUL, u32::MAX, pa as u32, pb as u32, 0]),
+            ("a misaligned panel", [op::ADD_MAT_MUL, k as u32, pa as u32 + 4, pb as u32, 0]),
+            ("a second packing", [op::ADD_MAT_MUL, k as u32, pa as u32, pb as u32, 1]),
+            ("a store past the end", [op::STORE, top - 8, row_stride, 4, 4]),
+            ("a negative stride below 0", [op::STORE, 0, (-(row_stride as i32)) as u32, 4, 4]),
+            ("a store of f64", [op::STORE, c as u32, row_stride, 4, 8]),
+            ("a per-row operand past the end", [op::PER_ROW_ADD, top - 4, 0, 0, 0]),
+            ("an unknown op", [77, 0, 0, 0, 0]),
+        ];
+        for (what, bad) in refused {
+            let before = mem[c..c + 4 * mr * nr].to_vec();
+            let count = write_ops(mem, ops, &[[op::CLEAR, 0, 0, 0, 0], bad]);
+            let err = kernels.run(mem, index as u32, ops as u32, count);
+            assert!(err.is_err(), "{what} was accepted");
+            assert_eq!(before, mem[c..c + 4 * mr * nr], "{what} wrote to memory");
+        }
+        assert!(kernels.run(mem, index as u32, top - 8, 1).is_err(), "an op list past the end");
+        assert!(kernels.run(mem, index as u32, ops as u32, 33).is_err(), "too many ops");
+        assert!(kernels.run(mem, 9999, ops as u32, 1).is_err(), "no such kernel");
+        assert_eq!(kernels.calls(), 1, "a refused call ran the kernel");
+    }
+
+    #[test]
+    fn no_kernels_lists_nothing_and_picks_nothing() {
+        let none = HostKernels::none();
+        assert_eq!(none.pick(64, 64, 64), -1);
+        let mut mem = vec![0u8; 64];
+        let len = none.list(&mut mem, 0, 64).unwrap() as usize;
+        assert_eq!(postcard::from_bytes::<Vec<HostKernel>>(&mem[..len]).unwrap(), vec![]);
+    }
+}

@@ -178,3 +178,66 @@ fn random_and_truncated_bytes_are_model_errors() {
     }
     h.still_serves();
 }
+
+/// A guest that abuses the host-kernel imports (a compromised tract, say): one WebAssembly module
+/// per abuse, each calling `warden.mmm_run` with an op list that would make the native kernel
+/// read or write outside the guest's memory, or misaligned. Every one traps that instance with a
+/// refusal that names the fault, and the host stays up: the same process then serves a real
+/// model with the real guest.
+#[test]
+fn guest_abusing_the_kernel_imports_is_trapped_before_native_code_runs() {
+    use warden::guest::kernels::op;
+    let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let top = 16 * 65536u32; // the module's 16 pages
+    // (what, op words, op count, the refusal expected)
+    let abuses: [(&str, [u32; 5], u32, &str); 6] = [
+        ("A panel far past memory", [op::ADD_MAT_MUL, 1 << 24, 0, 0, 0], 1, "outside guest memory"),
+        ("a tile stored past the end", [op::STORE, top - 16, 64, 4, 4], 1, "leaves guest memory"),
+        ("a tile stored below 0", [op::STORE, 0, (-64i32) as u32, 4, 4], 1, "leaves guest memory"),
+        ("a misaligned panel", [op::ADD_MAT_MUL, 4, 4, 4096, 0], 1, "not aligned"),
+        ("an unknown op", [0xdead, 0, 0, 0, 0], 1, "unknown op"),
+        ("too many ops", [op::CLEAR, 0, 0, 0, 0], 1000, "ops in one tile"),
+    ];
+    for (what, words, count, refusal) in abuses {
+        let stores: String = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("(i32.store (i32.const {}) (i32.const {}))", 8192 + 4 * i, *w as i32))
+            .collect();
+        let wat = format!(
+            r#"(module
+                (import "warden" "mmm_run" (func $run (param i32 i32 i32) (result i32)))
+                (memory (export "memory") 16)
+                (func (export "warden_abi_version") (result i32) (i32.const {abi}))
+                (func (export "warden_reserve") (param i32) (result i32) (i32.const 16384))
+                (func (export "warden_load") (param i32) (result i64)
+                    {stores}
+                    (drop (call $run (i32.const 0) (i32.const 8192) (i32.const {count})))
+                    (i64.const 0))
+                (func (export "warden_run") (param i32) (result i64) (i64.const 0))
+                (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
+            abi = warden::guest::ABI_VERSION,
+        );
+        let runtime = builder(&dir.path().join("state"), &publisher.trust)
+            .guest_module(wat.into_bytes())
+            .no_cache()
+            .build()
+            .unwrap();
+        match runtime.load_bundle(&bundle) {
+            Err(Error::Sandbox(SandboxError::Trap(message))) => {
+                let expected = if runtime.native_kernels().is_empty() { "no host kernel" } else { refusal };
+                assert!(message.contains("host kernel call refused"), "{what}: {message}");
+                assert!(message.contains(expected), "{what}: {message}");
+            }
+            other => panic!("{what}: expected a trap, got {other:?}"),
+        }
+        assert_eq!(runtime.native_kernel_calls(), 0, "{what}: the native kernel ran");
+    }
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+    let outputs = model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
+    assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
+}

@@ -1,5 +1,6 @@
-//! Outputs equal ONNX Runtime's (fixtures made by models/*.py) for every sample model and the
-//! public models, through signed bundles in the sandbox; and equal native tract's.
+//! Outputs equal ONNX Runtime's (fixtures made by models/*.py) for every sample model, the
+//! public models and the generated benchmark models, through signed bundles in the sandbox (with
+//! the host's native kernels, and with WebAssembly kernels only); and equal native tract's.
 
 use warden_tests::{Fixture, TestPublisher, assert_close, builder, root, tensors};
 
@@ -12,6 +13,10 @@ fn check_against_onnx_runtime(fixture_path: &str) {
     let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
     let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
     let model = runtime.load_bundle(&bundle).unwrap();
+    let wasm_only =
+        builder(&dir.path().join("state-wasm"), &publisher.trust).native_kernels(false).build().unwrap();
+    let wasm_model = wasm_only.load_bundle(&bundle).unwrap();
+    assert!(wasm_only.native_kernels().is_empty());
 
     let manifest = fixture.manifest();
     let facts = manifest.input_facts();
@@ -50,11 +55,22 @@ fn check_against_onnx_runtime(fixture_path: &str) {
 
     for (i, (case, native_out)) in fixture.cases.iter().zip(&native_outputs).enumerate() {
         let what = format!("{} case {i}", fixture.model);
+        let tiles = runtime.native_kernel_calls();
         let outputs = model.infer(tensors(&case.inputs)).unwrap();
+        // Every model here multiplies f32 matrices; on a CPU tract has kernels for, the host's
+        // kernels must have done it.
+        if !runtime.native_kernels().is_empty() {
+            assert!(runtime.native_kernel_calls() > tiles, "{what}: no tile ran on a native kernel");
+        }
         let expected = tensors(&case.outputs);
         assert_eq!(outputs.len(), expected.len(), "{what}");
         for (got, want) in outputs.iter().zip(&expected) {
             assert_close(got, want, TOLERANCE, &format!("{what} (sandbox vs ONNX Runtime)"));
+        }
+        let wasm_outputs = wasm_model.infer(tensors(&case.inputs)).unwrap();
+        assert_eq!(wasm_only.native_kernel_calls(), 0);
+        for (got, want) in wasm_outputs.iter().zip(&expected) {
+            assert_close(got, want, TOLERANCE, &format!("{what} (wasm kernels only vs ONNX Runtime)"));
         }
         // Same tract, other kernels (wasm simd128 vs native AVX2/FMA): rounding differs slightly.
         for (got, n) in outputs.iter().zip(native_out) {
@@ -86,6 +102,16 @@ fn ppocr_recognition_matches_onnx_runtime() {
 #[test]
 fn ppocr_orientation_matches_onnx_runtime() {
     check_against_onnx_runtime("models/public/ppocr_cls.reference.json");
+}
+
+#[test]
+fn bench_mlp_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/bench/mlp.reference.json");
+}
+
+#[test]
+fn bench_cnn_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/bench/cnn.reference.json");
 }
 
 /// The committed sample bundles verify with the dev trust directory, and their policy-coarsened

@@ -179,13 +179,55 @@ fn call_native(run: KernelFn, spec: &[FusedKerSpec<f32>]) -> i32 {
     // tiles) lies inside the guest's memory, and packed panels have their packing's alignment.
     // The memory cannot move or shrink while the guest is suspended in this call.
     let result = unsafe { run(spec) };
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: AVX is present. Clears the upper halves the kernel left dirty, so the
-        // sandbox's and the host's SSE code pays no transition penalty afterwards.
-        unsafe { std::arch::x86_64::_mm256_zeroupper() };
-    }
+    clear_upper_state();
     result as i32
+}
+
+/// Leaves the vector registers clean after an AVX or AVX-512 kernel. With upper bits dirty, each
+/// legacy-SSE instruction (Cranelift emits some) pays a transition penalty: the sandbox measured
+/// up to 200x slower after native AVX-512 kernels on its thread (benches/README.md). `vzeroupper`
+/// cleans zmm0-15 only, and tract's AVX-512 kernels also use zmm16-31, so those are zeroed first.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn clear_upper_state() {
+    static AVX512: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::arch::is_x86_feature_detected!("avx512f"));
+    static AVX: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::arch::is_x86_feature_detected!("avx"));
+    if *AVX512 {
+        // SAFETY: AVX-512F is present (checked above).
+        unsafe { clear_avx512() }
+    } else if *AVX {
+        // SAFETY: AVX is present (checked above).
+        unsafe { std::arch::x86_64::_mm256_zeroupper() }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn clear_upper_state() {}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn clear_avx512() {
+    // SAFETY: zeroes registers declared as clobbered; touches no memory.
+    unsafe {
+        std::arch::asm!(
+            "vpxord zmm16, zmm16, zmm16", "vpxord zmm17, zmm17, zmm17", "vpxord zmm18, zmm18, zmm18",
+            "vpxord zmm19, zmm19, zmm19", "vpxord zmm20, zmm20, zmm20", "vpxord zmm21, zmm21, zmm21",
+            "vpxord zmm22, zmm22, zmm22", "vpxord zmm23, zmm23, zmm23", "vpxord zmm24, zmm24, zmm24",
+            "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26", "vpxord zmm27, zmm27, zmm27",
+            "vpxord zmm28, zmm28, zmm28", "vpxord zmm29, zmm29, zmm29", "vpxord zmm30, zmm30, zmm30",
+            "vpxord zmm31, zmm31, zmm31", "vzeroupper",
+            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _, out("zmm20") _,
+            out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm24") _, out("zmm25") _,
+            out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _,
+            out("zmm31") _, out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _,
+            out("ymm9") _, out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _,
+            out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem, preserves_flags),
+        );
+    }
 }
 
 /// The guest broke the kernel contract; the guest is trapped with this message.

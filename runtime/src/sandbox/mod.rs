@@ -348,7 +348,7 @@ impl GuestInstance {
         let stderr = String::from_utf8_lossy(&stderr);
         let detail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = detail[detail.len().saturating_sub(3)..].join(" | ");
-        let trap = e.downcast_ref::<Trap>().map_or_else(|| format!("{e}"), |t| t.to_string());
+        let trap = e.downcast_ref::<Trap>().map_or_else(|| e.root_cause().to_string(), |t| t.to_string());
         if tail.is_empty() {
             SandboxError::Trap(trap)
         } else {

@@ -20,6 +20,10 @@ use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, op
 
 type KernelFn = unsafe fn(&[FusedKerSpec<f32>]) -> isize;
 
+/// Products with fewer multiply-adds stay in WebAssembly: a host call per tile costs more than
+/// it saves there (the 64-64-10 digits MLP ran 1.03-1.11x slower with native kernels).
+const MIN_NATIVE_MACS: usize = 16_384;
+
 /// One native kernel: its name, tile, packings and entry point.
 struct Native {
     name: String,
@@ -129,12 +133,18 @@ impl HostKernels {
         u32::try_from(len).map_err(|_| KernelFault("kernel listing above 4 GiB".into()))
     }
 
-    /// `mmm_pick`: the index of the kernel native tract would use for this f32 product.
+    /// `mmm_pick`: the index of the kernel native tract would use for this f32 product, or -1
+    /// (the guest's own kernels) for none, or for a product smaller than [`MIN_NATIVE_MACS`].
     pub(crate) fn pick(&self, m: i64, k: i64, n: i64) -> i32 {
         if self.kernels.is_empty() {
             return -1;
         }
         let dim = |d: i64| usize::try_from(d).ok();
+        if let (Some(m), Some(k), Some(n)) = (dim(m), dim(k), dim(n))
+            && m.saturating_mul(k).saturating_mul(n) < MIN_NATIVE_MACS
+        {
+            return -1;
+        }
         let query = Query::plain(DatumType::F32, dim(m), dim(k), dim(n));
         let Some((mmm, packing, extractor)) = MmmDispatch::native().pick(&query) else { return -1 };
         if packing != 0 || extractor.is_some() {
@@ -433,6 +443,8 @@ mod tests {
     fn no_kernels_lists_nothing_and_picks_nothing() {
         let none = HostKernels::none();
         assert_eq!(none.pick(64, 64, 64), -1);
+        let native = HostKernels::native();
+        assert_eq!(native.pick(64, 64, 1), -1, "a product too small for a host call");
         let mut mem = vec![0u8; 64];
         let len = none.list(&mut mem, 0, 64).unwrap() as usize;
         assert_eq!(postcard::from_bytes::<Vec<HostKernel>>(&mem[..len]).unwrap(), vec![]);

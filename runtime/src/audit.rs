@@ -4,7 +4,8 @@
 //!
 //! One record per line, each line terminated by `\n`. A record is a JSON object with exactly these
 //! members, in this order, compact (no whitespace), as `serde_json` writes them (absent values
-//! are `null`; strings are escaped as `serde_json` escapes them; non-ASCII is written as UTF-8):
+//! are `null`, except `counter`, which is left out when absent; strings are escaped as
+//! `serde_json` escapes them; non-ASCII is written as UTF-8):
 //!
 //! | member          | type            | meaning                                                     |
 //! |-----------------|-----------------|-------------------------------------------------------------|
@@ -12,6 +13,7 @@
 //! | `time_ms`       | integer         | Unix time in milliseconds when the record was queued        |
 //! | `client`        | string or null  | the authenticated client (token name)                       |
 //! | `device`        | string or null  | the device id of a signed reading                           |
+//! | `counter`       | integer, or no member | the reading's counter, once taken (restored at start) |
 //! | `model`         | string or null  | model name                                                  |
 //! | `version`       | string or null  | model version                                               |
 //! | `model_sha256`  | string or null  | hex SHA-256 of the model                                    |
@@ -21,8 +23,8 @@
 //! | `prev`          | string          | the previous record's `hash`; 64 `0`s for the first record  |
 //! | `hash`          | string          | see below                                                   |
 //!
-//! `hash` is the lowercase hex SHA-256 of the record serialized *without* the `hash` member: the
-//! first eleven members above, in that order, in the same compact form. Since `hash` is always the
+//! `hash` is the lowercase hex SHA-256 of the record serialized *without* the `hash` member:
+//! every member above but `hash`, in that order, in the same compact form. Since `hash` is always the
 //! last member, this is exactly: take the line without its `\n`, remove the final 75 bytes
 //! (`,"hash":"` + 64 hex digits + `"}`), append `}`, hash those bytes.
 //!
@@ -57,7 +59,7 @@
 //! file system may also leave garbage spanning several lines at the tail; `open` refuses such a
 //! file and leaves it to an operator.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -82,6 +84,9 @@ pub struct AuditEntry {
     pub client: Option<String>,
     /// The device id of a signed reading, if any.
     pub device: Option<String>,
+    /// The reading's counter, once it has been taken (the reading is then never accepted
+    /// again). Records with one restore the device counters at start.
+    pub counter: Option<u64>,
     /// The model name, if the request named one.
     pub model: Option<String>,
     /// The model version, if a model was resolved.
@@ -103,6 +108,10 @@ struct Body<'a> {
     time_ms: u64,
     client: Option<&'a str>,
     device: Option<&'a str>,
+    /// Absent rather than `null` when unset, so records written before it existed still
+    /// serialize to their exact bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counter: Option<u64>,
     model: Option<&'a str>,
     version: Option<&'a str>,
     model_sha256: Option<&'a str>,
@@ -120,6 +129,8 @@ struct Record {
     time_ms: u64,
     client: Option<String>,
     device: Option<String>,
+    #[serde(default)]
+    counter: Option<u64>,
     model: Option<String>,
     version: Option<String>,
     model_sha256: Option<String>,
@@ -135,6 +146,9 @@ pub const ANONYMOUS: &str = "anonymous";
 
 /// Answered queries per (client, model, version): what query budgets are charged with.
 pub type AnsweredQueries = HashMap<(String, String, u64), u64>;
+
+/// The highest reading counter taken per device, as the log records them.
+pub type DeviceCounters = BTreeMap<String, u64>;
 
 impl Record {
     /// The (client, model, version) of an answered (`ok`) model query.
@@ -156,6 +170,7 @@ impl Record {
             time_ms: self.time_ms,
             client: self.client.as_deref(),
             device: self.device.as_deref(),
+            counter: self.counter,
             model: self.model.as_deref(),
             version: self.version.as_deref(),
             model_sha256: self.model_sha256.as_deref(),
@@ -281,6 +296,8 @@ struct Scan {
     valid_len: u64,
     /// Answered queries per (client, model, version) in the valid records.
     answered: AnsweredQueries,
+    /// Highest counter per device in the valid records.
+    counters: DeviceCounters,
     /// The first bad line, and whether it is the last line of the file.
     bad: Option<(u64, RecordFault, bool)>,
 }
@@ -294,6 +311,7 @@ fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
         valid_len: 0,
         bad: None,
         answered: HashMap::new(),
+        counters: BTreeMap::new(),
     };
     let mut line = Vec::new();
     loop {
@@ -307,6 +325,10 @@ fn scan(path: &Path, file: &File) -> Result<Scan, AuditError> {
             Ok((hash, record)) => {
                 if let Some(key) = record.answered_query() {
                     *scan.answered.entry(key).or_insert(0) += 1;
+                }
+                if let (Some(device), Some(counter)) = (&record.device, record.counter) {
+                    let last = scan.counters.entry(device.clone()).or_insert(counter);
+                    *last = (*last).max(counter);
                 }
                 scan.records = seq;
                 scan.last_hash = hash;
@@ -385,6 +407,7 @@ pub struct AuditLog {
     state: Mutex<State>,
     wake: Condvar,
     answered: Mutex<AnsweredQueries>,
+    counters: Mutex<DeviceCounters>,
 }
 
 impl AuditLog {
@@ -443,6 +466,7 @@ impl AuditLog {
             state: Mutex::new(state),
             wake: Condvar::new(),
             answered: Mutex::new(scan.answered),
+            counters: Mutex::new(scan.counters),
         })
     }
 
@@ -451,6 +475,13 @@ impl AuditLog {
     /// survive restarts.
     pub fn answered_queries(&self) -> AnsweredQueries {
         std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The highest reading counter per device found when the log was opened; taken once (later
+    /// calls return an empty map). The daemon restores device counters from this, so a reading
+    /// it answered is a replay after a restart even if the counter log lost it.
+    pub fn device_counters(&self) -> DeviceCounters {
+        std::mem::take(&mut *self.counters.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The file's path.
@@ -479,6 +510,7 @@ impl AuditLog {
             time_ms,
             client: entry.client.as_deref(),
             device: entry.device.as_deref(),
+            counter: entry.counter,
             model: entry.model.as_deref(),
             version: entry.version.as_deref(),
             model_sha256: entry.model_sha256.as_deref(),
@@ -566,6 +598,7 @@ mod tests {
         AuditEntry {
             client: Some(format!("client-{i}")),
             device: i.is_multiple_of(2).then(|| "dev\"1\u{e9}".to_owned()),
+            counter: i.is_multiple_of(4).then_some(i as u64),
             model: Some("iris".to_owned()),
             version: Some("3".to_owned()),
             model_sha256: Some(hex::encode(Sha256::digest(b"model"))),
@@ -577,6 +610,32 @@ mod tests {
             },
             output_sha256: (!i.is_multiple_of(3)).then(|| hex::encode(Sha256::digest(b"out"))),
         }
+    }
+
+    /// Counters are restored from the records that carry one (the highest per device); records
+    /// without one serialize without the member, as before it existed.
+    #[test]
+    fn reopening_restores_the_highest_counter_per_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        for (device, counter) in [("a", Some(7)), ("b", Some(3)), ("a", Some(5)), ("a", None), ("c", None)] {
+            let entry = AuditEntry {
+                device: Some(device.to_owned()),
+                counter,
+                outcome: "ok".to_owned(),
+                ..AuditEntry::default()
+            };
+            log.append(&entry).unwrap();
+        }
+        drop(log);
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"counter\":").count(), 3, "{text}");
+        let reopened = AuditLog::open(&path).unwrap();
+        let counters = reopened.device_counters();
+        assert_eq!(counters, [("a".to_owned(), 7), ("b".to_owned(), 3)].into());
+        assert!(reopened.device_counters().is_empty(), "taken once");
+        assert_eq!(verify(&path).unwrap().records, 5);
     }
 
     fn write_log(path: &Path, n: usize) -> Vec<u8> {
@@ -764,6 +823,7 @@ mod tests {
             }),
             wake: Condvar::new(),
             answered: Mutex::new(HashMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
         };
         assert!(matches!(log.append(&entry(0)), Err(AuditError::Io { .. })));
         assert!(matches!(log.append(&entry(1)), Err(AuditError::Poisoned { .. })));

@@ -167,3 +167,49 @@ fn daemon_serves_kserve_v2_and_signed_readings() {
     assert_eq!(reading["model"], "motion");
     assert_eq!(reading["input_sha256"].as_str().unwrap().len(), 64);
 }
+
+/// The daemon writes device counters without a sync and makes each durable in the reading's
+/// audit record (one fsync per reading instead of two). So when the counter log loses what was
+/// not synced (a power cut; here the worst case, the whole file), every reading the daemon
+/// answered is still a replay after a restart: the counters come back from the audit log.
+#[test]
+fn answered_readings_stay_replays_when_the_counter_log_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (repo, trust) = (dir.path().join("repo"), dir.path().join("trust"));
+    copy_dir(&root().join("models/repo"), &repo);
+    copy_dir(&root().join("models/dev-trust"), &trust);
+    let mut blobs = Vec::new();
+    for id in ["board-1", "board-2"] {
+        ok(warden(&state).args(["device", "provision", "--id", id, "--out"]).arg(dir.path()));
+        blobs.push(KeyBlob::parse(&std::fs::read(dir.path().join(format!("{id}.keyblob"))).unwrap()).unwrap());
+    }
+    let send = |base: &str, blob: &KeyBlob, counter: u64| {
+        post(base, "/v1/readings", &signed_reading(blob, counter), "application/octet-stream")
+    };
+
+    let daemon = Serve::new(&state, &repo, &trust).start();
+    for counter in 1..=5 {
+        assert_eq!(send(&daemon.base, &blobs[0], counter).0, 200);
+    }
+    assert_eq!(send(&daemon.base, &blobs[1], 40).0, 200);
+    assert_eq!(send(&daemon.base, &blobs[1], 40).0, 409, "a replay while running");
+    assert!(daemon.kill9().code().is_none());
+
+    let counters = state.join("device-counters.log");
+    assert!(std::fs::read_to_string(&counters).unwrap().contains("board-1"));
+    std::fs::remove_file(&counters).unwrap();
+
+    let daemon = Serve::new(&state, &repo, &trust).start();
+    for counter in 1..=5 {
+        let (status, err) = send(&daemon.base, &blobs[0], counter);
+        assert_eq!(status, 409, "board-1 counter {counter} after the restart: {err}");
+        assert!(err["error"].as_str().unwrap().contains("replay"), "{err}");
+    }
+    assert_eq!(send(&daemon.base, &blobs[1], 40).0, 409);
+    assert_eq!(send(&daemon.base, &blobs[1], 39).0, 409);
+    assert_eq!(send(&daemon.base, &blobs[0], 6).0, 200, "a fresh counter is still accepted");
+    assert_eq!(send(&daemon.base, &blobs[1], 41).0, 200);
+    let status = daemon.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}

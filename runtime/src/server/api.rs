@@ -136,9 +136,28 @@ async fn audited(
     state: &Arc<AppState>,
     endpoint: &'static str,
     started: Instant,
-    mut entry: AuditEntry,
+    entry: AuditEntry,
     result: ApiResult<Reply>,
 ) -> Response {
+    let model = metrics_label(&entry);
+    let state2 = state.clone();
+    let result = tokio::task::spawn_blocking(move || audit_now(&state2, entry, result))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("audit task failed: {e}")))
+        });
+    respond(state, endpoint, started, model, result)
+}
+
+/// The model label of a request's metrics. Only resolved models label metrics: request paths
+/// must not grow the label set.
+fn metrics_label(entry: &AuditEntry) -> String {
+    entry.version.as_ref().and(entry.model.clone()).unwrap_or_default()
+}
+
+/// Appends the request's audit record (blocking until it is durable) and returns the answer to
+/// give: `result`, or 503 if the log could not take the record.
+fn audit_now(state: &AppState, mut entry: AuditEntry, result: ApiResult<Reply>) -> ApiResult<Reply> {
     match &result {
         Ok(reply) => {
             entry.outcome = "ok".into();
@@ -146,15 +165,12 @@ async fn audited(
         }
         Err(e) => entry.outcome = format!("{} {}", e.status.as_u16(), e.message),
     }
-    // Only resolved models label metrics: request paths must not grow the label set.
-    let model = entry.version.as_ref().and(entry.model.clone()).unwrap_or_default();
-    let state2 = state.clone();
-    let result = match tokio::task::spawn_blocking(move || state2.audit.append(&entry)).await {
-        Ok(Ok(_)) => {
+    match state.audit.append(&entry) {
+        Ok(_) => {
             state.metrics.audit_records.inc();
             result
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "audit append failed; refusing to answer");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -162,10 +178,17 @@ async fn audited(
                 "audit log unavailable; request not acknowledged",
             ))
         }
-        Err(e) => {
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("audit task failed: {e}")))
-        }
-    };
+    }
+}
+
+/// Counts the answer in the metrics and renders it.
+fn respond(
+    state: &AppState,
+    endpoint: &'static str,
+    started: Instant,
+    model: String,
+    result: ApiResult<Reply>,
+) -> Response {
     let metrics = &state.metrics;
     let code = match &result {
         Ok(_) => 200,
@@ -395,6 +418,14 @@ fn count_sandbox_failure(state: &AppState, model: &str, e: &Error) {
 /// Runs `before` (blocking work that must precede the model, such as recording a reading's
 /// counter durably) and then `inputs` through `model` (validation, sandbox, output policy), on one
 /// blocking thread.
+/// Runs the model on this (blocking) thread, counting sandbox failures.
+fn infer_blocking(state: &AppState, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
+    model.infer(inputs).map_err(|e| {
+        count_sandbox_failure(state, &model.manifest().name, &e);
+        ApiError::from(e)
+    })
+}
+
 async fn run_model(
     state: &Arc<AppState>,
     model: &Model,
@@ -404,10 +435,7 @@ async fn run_model(
     let (state2, model2) = (state.clone(), model.clone());
     tokio::task::spawn_blocking(move || {
         before(&state2)?;
-        model2.infer(inputs).map_err(|e| {
-            count_sandbox_failure(&state2, &model2.manifest().name, &e);
-            ApiError::from(e)
-        })
+        infer_blocking(&state2, &model2, inputs)
     })
     .await
     .map_err(|e| {
@@ -521,8 +549,16 @@ async fn readings(
     let started = Instant::now();
     let mut entry = entry_for("", &bytes);
     entry.model = query.model.clone();
-    let result = reading(&state, &query, &headers, bytes, &mut entry).await;
-    audited(&state, "readings", started, entry, result).await
+    match reading(&state, &query, &headers, bytes, &mut entry).await {
+        Ok(Audited { label, result }) => respond(&state, "readings", started, label, result),
+        Err(refused) => audited(&state, "readings", started, entry, Err(refused)).await,
+    }
+}
+
+/// The answer to a request whose audit record is already durable.
+struct Audited {
+    label: String,
+    result: ApiResult<Reply>,
 }
 
 async fn reading(
@@ -531,7 +567,7 @@ async fn reading(
     headers: &HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
     entry: &mut AuditEntry,
-) -> ApiResult<Reply> {
+) -> ApiResult<Audited> {
     let bytes = body(bytes)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -576,12 +612,30 @@ async fn reading(
     state.limits.check_device(&device)?;
     let budget = state.limits.admit(&key, &model)?;
     let _queued = state.limits.enqueue(&model)?;
-    let signed2 = signed.clone();
-    let record = move |state: &AppState| state.verifier.record(&signed2).map_err(ApiError::from);
-    let outputs = run_model(state, &model, vec![input], record).await?;
-    let m = model.manifest();
-    let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
-    let reply = InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false);
-    budget.commit();
-    Ok(Reply(reply))
+    // One blocking hand-off: record the counter, run the model, encode the answer and append
+    // its audit record on the same thread.
+    let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
+    let result = tokio::task::spawn_blocking(move || {
+        // The counter is taken here, and durable once the audit record (which carries it) is:
+        // before the answer, with one fsync for both.
+        let recorded = state2.verifier.record_unsynced(&signed).map_err(ApiError::from);
+        if recorded.is_ok() {
+            entry.counter = Some(signed.reading.counter);
+        }
+        let result = recorded.and_then(|()| {
+            let outputs = infer_blocking(&state2, &model, vec![input])?;
+            let m = model.manifest();
+            let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
+            Ok(Reply(InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false)))
+        });
+        audit_now(&state2, entry, result)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}")))
+    });
+    if result.is_ok() {
+        budget.commit();
+    }
+    Ok(Audited { label, result })
 }

@@ -125,6 +125,9 @@ pub enum ServeError {
     /// State could not be opened.
     #[error("{0}")]
     Warden(#[from] crate::Error),
+    /// Device counters could not be restored from the audit log.
+    #[error("restoring device counters from the audit log: {0}")]
+    Counters(#[from] crate::trust::ReadingError),
 }
 
 /// Loads the repository and readies the state; call [`serve`] next.
@@ -138,6 +141,12 @@ pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppSta
     let verifier = ReadingVerifier::open(runtime.state_dir(), config.freshness)?;
     let audit = crate::audit::AuditLog::open(runtime.state_dir().join("audit.log"))?;
     let limits = Limits::new(config.limits, audit.answered_queries());
+    // Readings' counters are durable in their audit records (the counter log is written without
+    // a sync): a counter the log missed before a crash comes back from there.
+    let restored = verifier.restore_counters(&audit.device_counters())?;
+    if restored > 0 {
+        tracing::info!(devices = restored, "device counters restored from the audit log");
+    }
     let repository = Repository::load(runtime, &config.repo);
     let metrics = metrics::Metrics::default();
     metrics.models_loaded.set(repository.index().len() as i64);

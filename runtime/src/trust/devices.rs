@@ -230,17 +230,41 @@ impl ReadingVerifier {
         Ok(())
     }
 
+    /// As [`ReadingVerifier::record`], but without waiting for the counter to be durable: the
+    /// caller must make it durable itself before accepting the reading (the daemon does so in the
+    /// reading's audit record) and hand such counters back to
+    /// [`ReadingVerifier::restore_counters`] when it starts.
+    pub fn record_unsynced(&self, signed: &SignedReading) -> std::result::Result<(), ReadingError> {
+        let r = &signed.reading;
+        let device = r.device_id.as_str();
+        self.counters.take_unsynced(device, r.counter).map_err(|e| counter_error(device, r.counter, e))
+    }
+
+    /// Raises the devices' last counters to at least these (from the audit log), durably.
+    /// Returns how many were raised.
+    pub fn restore_counters(
+        &self,
+        counters: &std::collections::BTreeMap<String, u64>,
+    ) -> std::result::Result<usize, ReadingError> {
+        self.counters.restore(counters).map_err(|e| match e {
+            CounterError::Storage(reason) => ReadingError::Storage(reason),
+            CounterError::Replay { last } => ReadingError::Storage(format!("restoring counters: {last}")),
+        })
+    }
+
     /// Accepts an authenticated reading: refuses a counter not above the device's last one, and
     /// records the new counter durably before returning.
     pub fn record(&self, signed: &SignedReading) -> std::result::Result<(), ReadingError> {
         let r = &signed.reading;
         let device = r.device_id.as_str();
-        self.counters.take(device, r.counter).map_err(|e| match e {
-            CounterError::Replay { last } => {
-                ReadingError::Replay { device: device.to_owned(), counter: r.counter, last }
-            }
-            CounterError::Storage(reason) => ReadingError::Storage(reason),
-        })
+        self.counters.take(device, r.counter).map_err(|e| counter_error(device, r.counter, e))
+    }
+}
+
+fn counter_error(device: &str, counter: u64, e: CounterError) -> ReadingError {
+    match e {
+        CounterError::Replay { last } => ReadingError::Replay { device: device.to_owned(), counter, last },
+        CounterError::Storage(reason) => ReadingError::Storage(reason),
     }
 }
 

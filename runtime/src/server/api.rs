@@ -426,23 +426,6 @@ fn infer_blocking(state: &AppState, model: &Model, inputs: Vec<Tensor>) -> ApiRe
     })
 }
 
-async fn run_model(
-    state: &Arc<AppState>,
-    model: &Model,
-    inputs: Vec<Tensor>,
-    before: impl FnOnce(&AppState) -> ApiResult<()> + Send + 'static,
-) -> ApiResult<Vec<Tensor>> {
-    let (state2, model2) = (state.clone(), model.clone());
-    tokio::task::spawn_blocking(move || {
-        before(&state2)?;
-        infer_blocking(&state2, &model2, inputs)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"))
-    })?
-}
-
 async fn infer(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -471,8 +454,10 @@ async fn infer_at(
 ) -> Response {
     let started = Instant::now();
     let mut entry = entry_for(name, &bytes);
-    let result = kserve_infer(state, headers, name, version, bytes, &mut entry).await;
-    audited(state, "infer", started, entry, result).await
+    match kserve_infer(state, headers, name, version, bytes, &mut entry).await {
+        Ok(Audited { label, result }) => respond(state, "infer", started, label, result),
+        Err(refused) => audited(state, "infer", started, entry, Err(refused)).await,
+    }
 }
 
 async fn kserve_infer(
@@ -482,7 +467,7 @@ async fn kserve_infer(
     version: Option<&str>,
     bytes: Result<Bytes, BytesRejection>,
     entry: &mut AuditEntry,
-) -> ApiResult<Reply> {
+) -> ApiResult<Audited> {
     let client = authenticate(state, headers)?;
     entry.client = client.0.as_ref().map(|r| r.name.clone());
     client.may_call(name)?;
@@ -506,7 +491,25 @@ async fn kserve_infer(
     };
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
     let inputs = request.tensors()?;
-    let mut outputs = run_model(state, &model, inputs, |_| Ok(())).await?;
+    // One blocking hand-off: run the model, encode the answer and append its audit record on
+    // the same thread.
+    let (state2, label, entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
+    let result = tokio::task::spawn_blocking(move || {
+        let result = infer_blocking(&state2, &model, inputs).and_then(|outputs| encode(&model, &request, outputs));
+        audit_now(&state2, entry, result)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}")))
+    });
+    if result.is_ok() {
+        budget.commit();
+    }
+    Ok(Audited { label, result })
+}
+
+/// The KServe answer: the outputs the request asked for (all by default), in JSON or binary.
+fn encode(model: &Model, request: &InferRequest, mut outputs: Vec<Tensor>) -> ApiResult<Reply> {
     if let Some(wanted) = &request.outputs {
         if let Some(w) = wanted.iter().find(|w| !outputs.iter().any(|o| o.name == w.name)) {
             return Err(ApiError::new(
@@ -522,7 +525,6 @@ async fn kserve_infer(
         InferResponse::encode(m.name.clone(), m.version.to_string(), request.id.clone(), &outputs, |n| {
             request.wants_binary(n)
         });
-    budget.commit();
     Ok(Reply(reply))
 }
 

@@ -186,6 +186,11 @@ impl Sandbox {
             .wasm_relaxed_simd(config.relaxed_simd)
             .relaxed_simd_deterministic(false)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // For profiling the guest with `perf` (benches/README.md): /tmp/perf-PID.map names the
+        // compiled guest functions. Off unless asked for.
+        if std::env::var_os("WARDEN_PERF_MAP").is_some_and(|v| v == "1") {
+            wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if config.pooling {
             let mut pool = PoolingAllocationConfig::new();
             pool.total_core_instances(config.max_instances)

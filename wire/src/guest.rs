@@ -4,6 +4,7 @@
 //!
 //! | export | signature | meaning |
 //! | --- | --- | --- |
+//! | `_initialize` | `() -> ()` | optional; called once right after instantiation, before anything else (runs static constructors) |
 //! | `warden_abi_version` | `() -> i32` | must equal [`ABI_VERSION`] |
 //! | `warden_reserve` | `(len: i32) -> i32` | pointer to a guest-owned buffer of at least `len` bytes (0 if it cannot) |
 //! | `warden_load` | `(len: i32) -> i64` | decodes a [`LoadRequest`] from the buffer, parses and optimizes the model |

@@ -132,6 +132,24 @@ fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
     ((guest.reply.as_ptr() as u64) << 32) | guest.reply.len() as u64
 }
 
+unsafe extern "C" {
+    /// The linker-made function that runs every static constructor (tract's kernel registries
+    /// are `inventory` constructors).
+    fn __wasm_call_ctors();
+}
+
+/// Runs the static constructors once; the host calls it right after instantiation. Without an
+/// explicit call to `__wasm_call_ctors`, wasm-ld wraps *every* export to run all constructors
+/// first, so each `warden_run` re-registered tract's whole kernel inventory (8% of a digits
+/// inference in a profile).
+// SAFETY: `no_mangle` is unsafe because two items may export one symbol; `_initialize` is defined
+// only here (wasi-libc's reactor startup is not linked into this cdylib).
+#[unsafe(no_mangle)]
+pub extern "C" fn _initialize() {
+    // SAFETY: the host calls `_initialize` once, before any other export (`warden_wire::guest`).
+    unsafe { __wasm_call_ctors() }
+}
+
 /// The contract version.
 // SAFETY: `no_mangle` is unsafe because two items may export one symbol; `warden_*` names are
 // defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.

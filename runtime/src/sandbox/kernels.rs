@@ -290,6 +290,11 @@ fn tile(mem_len: usize, base: *mut u8, ker: &Native, w: &[u32]) -> Result<Output
     if lo < 0 || hi > mem_len as i64 {
         return Err(KernelFault(format!("a tile at {addr:#x} (strides {rs}, {cs}) leaves guest memory")));
     }
+    // Kernels may form element offsets as 32-bit gather indices (AVX2 `vgatherdps`): keep every
+    // `i * rs + j * cs` representable, or a wrapped index could land outside the checked span.
+    if hi - lo > i64::from(i32::MAX) {
+        return Err(KernelFault(format!("a tile at {addr:#x} (strides {rs}, {cs}) spans more than 2 GiB")));
+    }
     Ok(OutputStoreKer {
         ptr: base.wrapping_add(addr as usize),
         row_byte_stride: rs as isize,
@@ -437,6 +442,22 @@ mod tests {
         assert!(kernels.run(mem, index as u32, ops as u32, 33).is_err(), "too many ops");
         assert!(kernels.run(mem, 9999, ops as u32, 1).is_err(), "no such kernel");
         assert_eq!(kernels.calls(), 1, "a refused call ran the kernel");
+    }
+
+    /// A tile spanning more than 2 GiB is refused even inside a 4 GiB memory: a kernel's 32-bit
+    /// gather index could wrap. Only addresses are computed here; nothing is dereferenced.
+    #[test]
+    fn tiles_spanning_more_than_2_gib_are_refused() {
+        let kernels = HostKernels::native();
+        let Some(ker) = kernels.kernels.iter().find(|k| k.mr > 1) else { return };
+        let mem_len = u32::MAX as usize;
+        let base = std::ptr::NonNull::<u8>::dangling().as_ptr();
+        let stride = |span: i64| (span / (ker.mr as i64 - 1)) as i32 as u32;
+        let fits = [op::STORE, 0, stride(i64::from(i32::MAX) - 64), 4, 4];
+        assert!(tile(mem_len, base, ker, &fits).is_ok());
+        let too_far = [op::STORE, 0, stride(i64::from(i32::MAX) + 4096), 4, 4];
+        let err = tile(mem_len, base, ker, &too_far).unwrap_err();
+        assert!(err.0.contains("2 GiB"), "{err}");
     }
 
     #[test]

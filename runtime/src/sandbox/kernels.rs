@@ -31,6 +31,7 @@ struct Native {
     nr: usize,
     a: PackedFormat,
     b: PackedFormat,
+    row_major_store: bool,
     run: KernelFn,
 }
 
@@ -84,29 +85,22 @@ impl HostKernels {
             if mmm.internal_type() != DatumType::F32 {
                 continue;
             }
-            let Some((run, a, b, _)) = entry_point(&**mmm) else { continue };
+            let Some((run, a, b, row_major_store)) = entry_point(&**mmm) else { continue };
             if a.dt != DatumType::F32 || b.dt != DatumType::F32 || a.r != mmm.mr() || b.r != mmm.nr() {
                 continue;
             }
-            kernels.push(Native { name: mmm.name().to_owned(), mr: mmm.mr(), nr: mmm.nr(), a, b, run });
+            let (name, mr, nr) = (mmm.name().to_owned(), mmm.mr(), mmm.nr());
+            kernels.push(Native { name, mr, nr, a, b, row_major_store, run });
         }
         let listing: Vec<HostKernel> = kernels
             .iter()
-            .map(|k| {
-                let row_major_store = MmmDispatch::native()
-                    .runnable()
-                    .iter()
-                    .find(|m| m.name() == k.name)
-                    .and_then(|m| entry_point(&**m))
-                    .is_some_and(|(_, _, _, row_major)| row_major);
-                HostKernel {
-                    name: k.name.clone(),
-                    mr: k.mr as u32,
-                    nr: k.nr as u32,
-                    a: packing(&k.a),
-                    b: packing(&k.b),
-                    row_major_store,
-                }
+            .map(|k| HostKernel {
+                name: k.name.clone(),
+                mr: k.mr as u32,
+                nr: k.nr as u32,
+                a: packing(&k.a),
+                b: packing(&k.b),
+                row_major_store: k.row_major_store,
             })
             .collect();
         let listing = postcard::to_allocvec(&listing).unwrap_or_default();
@@ -200,13 +194,11 @@ fn call_native(run: KernelFn, spec: &[FusedKerSpec<f32>]) -> i32 {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 fn clear_upper_state() {
-    static AVX512: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::arch::is_x86_feature_detected!("avx512f"));
-    static AVX: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::arch::is_x86_feature_detected!("avx"));
-    if *AVX512 {
+    // `is_x86_feature_detected!` caches its answer: two loads and a test.
+    if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present (checked above).
         unsafe { clear_avx512() }
-    } else if *AVX {
+    } else if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: AVX is present (checked above).
         unsafe { std::arch::x86_64::_mm256_zeroupper() }
     }
@@ -256,22 +248,22 @@ fn packing(p: &PackedFormat) -> Packing {
     Packing { alignment: p.alignment_bytes as u32, end_padding: p.end_padding_record as u32 }
 }
 
-/// The offset of `len` bytes at guest address `addr`, if they all lie in memory.
+/// The offset of `len` bytes at guest address `addr`, if they all lie in `memory`.
 fn span(memory: &[u8], addr: u32, len: u64) -> Result<usize, KernelFault> {
-    let end = u64::from(addr).checked_add(len);
-    match end {
-        Some(end) if end <= memory.len() as u64 => Ok(addr as usize),
+    in_memory(memory.len(), addr, len)
+}
+
+/// The offset of `len` bytes at guest address `addr`, if they all lie in a memory of `mem_len`.
+fn in_memory(mem_len: usize, addr: u32, len: u64) -> Result<usize, KernelFault> {
+    match u64::from(addr).checked_add(len) {
+        Some(end) if end <= mem_len as u64 => Ok(addr as usize),
         _ => Err(KernelFault(format!("{len} bytes at {addr:#x} are outside guest memory"))),
     }
 }
 
 /// A host pointer to `len` bytes at guest address `addr`, aligned to `align` bytes.
 fn pointer(mem_len: usize, base: *mut u8, addr: u32, len: u64, align: usize) -> Result<*mut u8, KernelFault> {
-    let end = u64::from(addr).checked_add(len);
-    if !matches!(end, Some(end) if end <= mem_len as u64) {
-        return Err(KernelFault(format!("{len} bytes at {addr:#x} are outside guest memory")));
-    }
-    let ptr = base.wrapping_add(addr as usize);
+    let ptr = base.wrapping_add(in_memory(mem_len, addr, len)?);
     if !(ptr as usize).is_multiple_of(align.max(1)) {
         return Err(KernelFault(format!("address {addr:#x} is not aligned to {align} bytes")));
     }

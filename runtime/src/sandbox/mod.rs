@@ -149,11 +149,11 @@ struct StoreState {
 /// The guest's memory and the kernels, for one import call.
 fn kernel_env<'a>(
     caller: &'a mut Caller<'_, StoreState>,
-) -> Result<(&'a mut [u8], Arc<HostKernels>), KernelFault> {
+) -> Result<(&'a mut [u8], &'a HostKernels), KernelFault> {
     let memory =
         caller.data().memory.ok_or_else(|| KernelFault("called before the instance was set up".into()))?;
     let (data, state) = memory.data_and_store_mut(caller);
-    Ok((data, state.kernels.clone()))
+    Ok((data, &state.kernels))
 }
 
 /// Defines the kernel imports (`warden_wire::guest::kernels`).

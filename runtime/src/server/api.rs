@@ -15,7 +15,7 @@ use warden_wire::manifest::DimSpec;
 use warden_wire::reading::SignedReading;
 
 use super::AppState;
-use super::limits::LimitError;
+use super::limits::{LimitError, Reservation};
 use super::metrics::{ModelLabels, QueueLabels, ReasonLabels, RequestLabels, SandboxLabels};
 use super::tokens::TokenRecord;
 use crate::audit::{ANONYMOUS, AuditEntry};
@@ -491,11 +491,24 @@ async fn kserve_infer(
     };
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
     let inputs = request.tensors()?;
-    // One blocking hand-off: run the model, encode the answer and append its audit record on
-    // the same thread.
-    let (state2, label, entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
+    answer_audited(state, entry, budget, move |state, _| {
+        infer_blocking(state, &model, inputs).and_then(|outputs| encode(&model, &request, outputs))
+    })
+    .await
+}
+
+/// Answers on one blocking thread: `work` (the model run and the encoding, given the audit
+/// entry to note what it did), then the durable audit record. The query budget is charged only
+/// for an answered request.
+async fn answer_audited(
+    state: &Arc<AppState>,
+    entry: &mut AuditEntry,
+    budget: Reservation<'_>,
+    work: impl FnOnce(&AppState, &mut AuditEntry) -> ApiResult<Reply> + Send + 'static,
+) -> ApiResult<Audited> {
+    let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
     let result = tokio::task::spawn_blocking(move || {
-        let result = infer_blocking(&state2, &model, inputs).and_then(|outputs| encode(&model, &request, outputs));
+        let result = work(&state2, &mut entry);
         audit_now(&state2, entry, result)
     })
     .await
@@ -614,30 +627,15 @@ async fn reading(
     state.limits.check_device(&device)?;
     let budget = state.limits.admit(&key, &model)?;
     let _queued = state.limits.enqueue(&model)?;
-    // One blocking hand-off: record the counter, run the model, encode the answer and append
-    // its audit record on the same thread.
-    let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
-    let result = tokio::task::spawn_blocking(move || {
-        // The counter is taken here, and durable once the audit record (which carries it) is:
-        // before the answer, with one fsync for both.
-        let recorded = state2.verifier.record_unsynced(&signed).map_err(ApiError::from);
-        if recorded.is_ok() {
-            entry.counter = Some(signed.reading.counter);
-        }
-        let result = recorded.and_then(|()| {
-            let outputs = infer_blocking(&state2, &model, vec![input])?;
-            let m = model.manifest();
-            let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
-            Ok(Reply(InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false)))
-        });
-        audit_now(&state2, entry, result)
+    // The counter is taken on the blocking thread, and durable once the audit record (which
+    // carries it) is: before the answer, with one fsync for both.
+    answer_audited(state, entry, budget, move |state, entry| {
+        state.verifier.record_unsynced(&signed).map_err(ApiError::from)?;
+        entry.counter = Some(signed.reading.counter);
+        let outputs = infer_blocking(state, &model, vec![input])?;
+        let m = model.manifest();
+        let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
+        Ok(Reply(InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false)))
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}")))
-    });
-    if result.is_ok() {
-        budget.commit();
-    }
-    Ok(Audited { label, result })
 }

@@ -53,6 +53,17 @@ impl State {
     fn new(last: BTreeMap<String, u64>) -> State {
         State { last, queue: Vec::new(), queued: 0, durable: 0, writing: false, poisoned: None }
     }
+
+    /// Whether `counter` may be taken for `device`: the store is sound and it is above the last.
+    fn admits(&self, device: &str, counter: u64) -> std::result::Result<(), CounterError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(CounterError::Storage(reason.clone()));
+        }
+        match self.last.get(device) {
+            Some(&last) if counter <= last => Err(CounterError::Replay { last }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The counter log of one state directory.
@@ -155,14 +166,7 @@ impl CounterStore {
     /// counters from the audit log with [`CounterStore::restore`] at start).
     pub(crate) fn take_unsynced(&self, device: &str, counter: u64) -> std::result::Result<(), CounterError> {
         let mut state = self.lock();
-        if let Some(reason) = &state.poisoned {
-            return Err(CounterError::Storage(reason.clone()));
-        }
-        if let Some(&last) = state.last.get(device)
-            && counter <= last
-        {
-            return Err(CounterError::Replay { last });
-        }
+        state.admits(device, counter)?;
         if let Err(e) = (&self.file).write_all(&line(device, counter)) {
             let reason = format!("{}: {e}", self.path.display());
             state.poisoned = Some(reason.clone());
@@ -174,10 +178,11 @@ impl CounterStore {
 
     /// Raises each device's last counter to at least the one given (counters taken with
     /// [`CounterStore::take_unsynced`] and made durable elsewhere), durably.
-    pub(crate) fn restore(&self, counters: &BTreeMap<String, u64>) -> std::result::Result<usize, CounterError> {
+    /// Fails with the storage error, as [`CounterError::Storage`] carries it.
+    pub(crate) fn restore(&self, counters: &BTreeMap<String, u64>) -> std::result::Result<usize, String> {
         let mut state = self.lock();
         if let Some(reason) = &state.poisoned {
-            return Err(CounterError::Storage(reason.clone()));
+            return Err(reason.clone());
         }
         let mut lines = Vec::new();
         let mut raised = 0;
@@ -193,7 +198,7 @@ impl CounterStore {
             if let Err(e) = result {
                 let reason = format!("{}: {e}", self.path.display());
                 state.poisoned = Some(reason.clone());
-                return Err(CounterError::Storage(reason));
+                return Err(reason);
             }
         }
         Ok(raised)
@@ -202,14 +207,7 @@ impl CounterStore {
     /// Takes `counter` for `device` if it is above the last one, and returns once it is durable.
     pub(crate) fn take(&self, device: &str, counter: u64) -> std::result::Result<(), CounterError> {
         let mut state = self.lock();
-        if let Some(reason) = &state.poisoned {
-            return Err(CounterError::Storage(reason.clone()));
-        }
-        if let Some(&last) = state.last.get(device)
-            && counter <= last
-        {
-            return Err(CounterError::Replay { last });
-        }
+        state.admits(device, counter)?;
         state.last.insert(device.to_owned(), counter);
         state.queue.extend_from_slice(&line(device, counter));
         state.queued += 1;

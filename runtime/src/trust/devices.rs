@@ -246,10 +246,7 @@ impl ReadingVerifier {
         &self,
         counters: &std::collections::BTreeMap<String, u64>,
     ) -> std::result::Result<usize, ReadingError> {
-        self.counters.restore(counters).map_err(|e| match e {
-            CounterError::Storage(reason) => ReadingError::Storage(reason),
-            CounterError::Replay { last } => ReadingError::Storage(format!("restoring counters: {last}")),
-        })
+        self.counters.restore(counters).map_err(ReadingError::Storage)
     }
 
     /// Accepts an authenticated reading: refuses a counter not above the device's last one, and

@@ -13,9 +13,9 @@ use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use warden::audit::{AuditEntry, AuditLog};
 use warden::policy::{apply_output_policy, check_outputs, validate_inputs};
 use warden::trust::{DeviceRegistry, ReadingVerifier, verify_bundle};
-use warden::wire::reading::{MAX_MESSAGE_LEN, Reading, SensorKind, SignedReading, Unit, reading_message};
+use warden::wire::reading::{MAX_MESSAGE_LEN, SignedReading, reading_message};
 use warden::{Tensor, trust::TrustStore};
-use warden_tests::{Fixture, root, tensors};
+use warden_tests::{Fixture, motion_reading, root, tensors};
 
 /// Largest batch measured: 64 readings in flight is what 16-32 connections keep queued.
 const BATCH_SIZES: &[usize] = &[1, 4, 16, 64];
@@ -24,20 +24,10 @@ const BATCH_SIZES: &[usize] = &[1, 4, 16, 64];
 /// like `loadgen --readings`), signed by the firmware crate's own signer.
 fn signed_readings(state: &std::path::Path, n: usize) -> Vec<(SignedReading, VerifyingKey)> {
     let mut registry = DeviceRegistry::open(state).unwrap();
-    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
     (0..n)
         .map(|i| {
             let blob = registry.provision(&format!("bench-{i}")).unwrap();
-            let reading = Reading {
-                device_id: blob.device_id.clone(),
-                counter: 1,
-                timestamp_ms: None,
-                sensor: SensorKind::Accelerometer,
-                unit: Unit::MilliG,
-                scale: 1.0,
-                channels: 3,
-                samples: heapless::Vec::from_slice(&samples).unwrap(),
-            };
+            let reading = motion_reading(&blob.device_id, 1);
             let signed = warden_firmware::signer::Signer::new(&blob).sign(reading).unwrap();
             (signed, SigningKey::from_bytes(&blob.seed).verifying_key())
         })
@@ -97,7 +87,11 @@ fn policy(c: &mut Criterion) {
     });
     let outputs = vec![
         Tensor::from_i64("label", &[1], &[3]),
-        Tensor::from_f32("probabilities", &[1, 10], &[0.01, 0.02, 0.0, 0.9, 0.03, 0.0, 0.01, 0.02, 0.0, 0.01]),
+        Tensor::from_f32(
+            "probabilities",
+            &[1, 10],
+            &[0.01, 0.02, 0.0, 0.9, 0.03, 0.0, 0.01, 0.02, 0.0, 0.01],
+        ),
     ];
     group.bench_function("check_outputs_and_policy/digits", |b| {
         b.iter_batched(

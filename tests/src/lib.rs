@@ -11,6 +11,7 @@ use serde::Deserialize;
 use warden::kserve::RequestTensor;
 use warden::manifest::{DimSpec, InputSpec, Limits, Manifest, OutputPolicy, OutputSpec};
 use warden::trust::{MANIFEST_FILE, MODEL_FILE, PublisherKey, generate_keypair, sign_bundle};
+use warden::wire::reading::{MAX_DEVICE_ID, Reading, SensorKind, Unit};
 use warden::{DType, Runtime, RuntimeBuilder, Tensor};
 
 /// The workspace root.
@@ -188,4 +189,20 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, rel: f64, what: &str) {
         actual.value_f64(worst.1).unwrap(),
         expected.value_f64(worst.1).unwrap()
     );
+}
+
+/// A reading as the `motion` sample model takes it (8 x 3 accelerometer samples, no timestamp)
+/// from `device` at `counter`: what the load generator and the benches sign.
+pub fn motion_reading(device: &heapless::String<MAX_DEVICE_ID>, counter: u64) -> Reading {
+    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
+    Reading {
+        device_id: device.clone(),
+        counter,
+        timestamp_ms: None,
+        sensor: SensorKind::Accelerometer,
+        unit: Unit::MilliG,
+        scale: 1.0,
+        channels: 3,
+        samples: heapless::Vec::from_slice(&samples).expect("24 samples fit a reading"),
+    }
 }

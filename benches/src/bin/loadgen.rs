@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use warden::wire::provision::KeyBlob;
-use warden::wire::reading::{Reading, SensorKind, Unit};
 
 const USAGE: &str = "usage: loadgen [-n TOTAL] [-c CONNECTIONS] [--model NAME] [--request FILE] [--warmup N]
                [--max-seconds S] [--url http://127.0.0.1:PORT [--pid PID]] [--warden BIN]
@@ -153,19 +152,9 @@ struct Started {
 /// `/v1/readings` takes, signed by the firmware's own signer.
 fn signed_readings(device: &KeyBlob, count: u64) -> Vec<Vec<u8>> {
     let signer = warden_firmware::signer::Signer::new(device);
-    let samples: Vec<i32> = (0..24).map(|i| if i % 3 == 2 { 1000 } else { (i % 5) - 2 }).collect();
     (1..=count)
         .map(|counter| {
-            let reading = Reading {
-                device_id: device.device_id.clone(),
-                counter,
-                timestamp_ms: None,
-                sensor: SensorKind::Accelerometer,
-                unit: Unit::MilliG,
-                scale: 1.0,
-                channels: 3,
-                samples: heapless::Vec::from_slice(&samples).unwrap(),
-            };
+            let reading = warden_tests::motion_reading(&device.device_id, counter);
             postcard::to_allocvec(&signer.sign(reading).unwrap()).unwrap()
         })
         .collect()

@@ -10,7 +10,8 @@ the first.
   python3 benches/guest_ab.py "base=,lto=--guest-wasm /tmp/lto.wasm" --rounds 5
   python3 benches/guest_ab.py "base=,relaxed=--relaxed-simd --guest-wasm /tmp/relaxed.wasm"
 
-A guest variant is built like runtime/build.rs builds the real one, with other flags, e.g.:
+A guest variant is built like runtime/build.rs builds the real one (its GUEST_RUSTFLAGS, joined
+by the 0x1f separator), with other flags, e.g.:
 
   CARGO_ENCODED_RUSTFLAGS="-Ctarget-feature=+simd128,+relaxed-simd" cargo build \\
       --package warden-guest-wasm --lib --target wasm32-wasip1 --profile guest --target-dir /tmp/g

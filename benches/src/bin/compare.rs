@@ -7,7 +7,9 @@
 //! on its own and the reported figure is the median over all rounds. Round medians that differ
 //! by more than 1.5x are listed under the table.
 //!
-//! Prints a markdown table and writes `benches/results/latest.{md,json,svg}`.
+//! Prints a markdown table and writes `benches/results/latest.{md,json,svg}` (a run limited with
+//! `--models` or `--quick` writes files only where `--out DIR` says, so it never replaces the
+//! full run's).
 //!
 //! `cargo run --release -p warden-benches --bin compare [-- --quick] [--models digits,bench_cnn]`
 #![forbid(unsafe_code)]
@@ -25,12 +27,14 @@ use warden::guest::{LoadRequest, RunRequest, TensorRef};
 use warden_tests::{Fixture, TestPublisher, builder, root, tensors};
 
 const USAGE: &str = "\
-usage: compare [--quick] [--models NAME,NAME] [--rounds N] [--budget-ms MS] [--python PYTHON]
+usage: compare [--quick] [--models NAME,NAME] [--rounds N] [--budget-ms MS] [--python PYTHON] [--out DIR]
 
   --quick          2 rounds of 100 ms per engine (a smoke run); default 5 rounds of 1000 ms
   --models a,b     only these models (names below)
   --rounds N       interleaved rounds
   --budget-ms MS   time per engine per round (at least 5 inferences, 3 with --quick)
+  --out DIR        write latest.{md,json,svg} there (default: benches/results for a full run;
+                   with --models or --quick, no files unless --out is given)
   --python PYTHON  the Python that has onnxruntime (default python3)";
 
 /// A model of the suite: its name, its reference fixture, a description and how to make it.
@@ -111,6 +115,7 @@ struct Options {
     min_iters: usize,
     warmup: usize,
     python: String,
+    out: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Options {
@@ -122,6 +127,7 @@ fn parse_args() -> Options {
         min_iters: 5,
         warmup: 20,
         python: "python3".into(),
+        out: None,
     };
     let (mut rounds, mut budget) = (None, None);
     let mut args = std::env::args().skip(1);
@@ -145,6 +151,7 @@ fn parse_args() -> Options {
                 ))
             }
             "--python" => o.python = value("--python"),
+            "--out" => o.out = Some(value("--out").into()),
             "-h" | "--help" => {
                 println!(
                     "{USAGE}\n\nmodels: {}",
@@ -462,7 +469,9 @@ fn today() -> String {
 fn main() {
     let opts = parse_args();
     let wall = Instant::now();
-    let out_dir = root().join("benches/results");
+    // A partial run writes files only where asked, so it never replaces the full run's.
+    let partial = opts.quick || opts.models.is_some();
+    let out_dir = opts.out.clone().or_else(|| (!partial).then(|| root().join("benches/results")));
     let selected: Vec<&Spec> =
         SUITE.iter().filter(|s| opts.models.as_ref().is_none_or(|m| m.iter().any(|n| n == s.name))).collect();
 
@@ -671,6 +680,10 @@ fn main() {
         md += "\n";
     }
     print!("{md}");
+    let Some(out_dir) = out_dir else {
+        eprintln!("a partial run: no files written (--out DIR to keep them) ({:.0} s)", elapsed.as_secs_f64());
+        return;
+    };
 
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("latest.md"), &md).unwrap();
@@ -715,9 +728,10 @@ fn main() {
     if let Err(e) = chart(&svg, &rows, [g_sn, g_so], &format!("{} - {}", today(), cpu_model())) {
         eprintln!("chart: {e}");
     }
+    let md_path = out_dir.join("latest.md");
     eprintln!(
         "wrote {}, latest.json, latest.svg ({:.0} s)",
-        out_dir.join("latest.md").strip_prefix(root()).unwrap_or(&out_dir).display(),
+        md_path.strip_prefix(root()).unwrap_or(&md_path).display(),
         elapsed.as_secs_f64()
     );
 }

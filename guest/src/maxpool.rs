@@ -1,0 +1,197 @@
+//! tract's 2x2, stride-2 f32 max-pool over NCHW, vectorized for WebAssembly.
+//!
+//! tract 0.23.9 pools that case one output at a time with `f32::max`, which WebAssembly has no
+//! instruction for (its `f32.max` propagates NaN): each `max` is a call to `fmaxf`, and each
+//! call pays the sandbox's epoch check on entry. It took about a third of the generated CNN's
+//! time. [`StridedMaxPool`] wraps tract's optimized op and computes that one case four outputs
+//! at a time with `f32x4.pmax`, in tract's order and with its NaN rule (a NaN input never wins,
+//! as with `f32::max`); every other case runs tract's own code. Only the WebAssembly build
+//! swaps it in ([`swapped_in`]), so native tract stays what the benchmarks compare against.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::OptMaxPool;
+use tract_onnx::tract_core::ops::cnn::pools::ConcretePoolGeometry;
+use tract_onnx::tract_core::ops::nn::DataShape;
+
+/// tract's [`OptMaxPool`], with the 2x2 stride-2 f32 NCHW case vectorized.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct StridedMaxPool(pub OptMaxPool);
+
+/// `model` with every optimized max-pool replaced by [`StridedMaxPool`].
+pub fn swapped_in(mut model: TypedModel) -> TypedModel {
+    for node in &mut model.nodes {
+        if let Some(pool) = node.op_as::<OptMaxPool>() {
+            node.op = Box::new(StridedMaxPool(pool.clone()));
+        }
+    }
+    model
+}
+
+impl Op for StridedMaxPool {
+    fn name(&self) -> StaticName {
+        "WardenMaxPool".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        self.0.info()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for StridedMaxPool {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if self.0.with_index_outputs.is_none()
+            && inputs.len() == 1
+            && inputs[0].datum_type() == f32::datum_type()
+        {
+            let geo = self.0.geometry.to_concrete(inputs[0].shape())?;
+            if let Some(out) = pool_2x2_s2(&inputs[0], &geo)? {
+                return Ok(tvec!(out.into_tvalue()));
+            }
+        }
+        self.0.eval(ctx, inputs)
+    }
+}
+
+impl TypedOp for StridedMaxPool {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.0.output_facts(inputs)
+    }
+
+    as_op!();
+}
+
+/// The pool of `input` if it is the case this op vectorizes: a 2x2 kernel, strides 2, no
+/// dilation or padding, channels before the spatial axes, and every window inside the image.
+fn pool_2x2_s2(input: &Tensor, geo: &ConcretePoolGeometry) -> TractResult<Option<Tensor>> {
+    let spec = &geo.patch.spec;
+    let plain = spec.kernel_shape[..] == [2, 2]
+        && spec.strides[..] == [2, 2]
+        && spec.dilations.iter().all(|d| *d == 1)
+        && geo.patch.pad_before.iter().all(|p| *p == 0)
+        && !geo.input_shape.fmt.c_is_last()
+        && geo.input_shape.hw_dims().len() == 2;
+    if !plain {
+        return Ok(None);
+    }
+    let (h, w) = (geo.input_shape.hw_dims()[0], geo.input_shape.hw_dims()[1]);
+    let (oh, ow) = (geo.patch.output_shape[0], geo.patch.output_shape[1]);
+    let unit_w = |shape: &DataShape| shape.hw_strides().last() == Some(&1);
+    if oh * 2 > h || ow * 2 > w || !unit_w(&geo.input_shape) || !unit_w(&geo.output_shape) {
+        return Ok(None);
+    }
+    let planes = geo.input_shape.n().unwrap_or(&1) * geo.input_shape.c();
+    let (in_plane, out_plane) = (h * w, oh * ow);
+    // Each (n, c) plane must be contiguous, planes one after another, in and out.
+    let packed = |shape: &DataShape, plane: usize| {
+        *shape.c_stride() == plane && shape.n_stride().is_none_or(|s| *s == plane * shape.c())
+    };
+    if !packed(&geo.input_shape, in_plane) || !packed(&geo.output_shape, out_plane) {
+        return Ok(None);
+    }
+    let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+    let mut out = vec![0f32; planes * out_plane];
+    for (src, dst) in x.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane)) {
+        for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+            let r0 = &src[2 * oy * w..][..2 * ow];
+            let r1 = &src[(2 * oy + 1) * w..][..2 * ow];
+            pool_row(r0, r1, row);
+        }
+    }
+    Ok(Some(Tensor::from_shape(&geo.output_shape.shape, &out)?))
+}
+
+/// `out[x]` = the max of `r0[2x]`, `r0[2x + 1]`, `r1[2x]`, `r1[2x + 1]`, folded from `f32::MIN`
+/// in that order with `m = if m < v { v } else { m }`: tract's fold, where a NaN never wins.
+fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    for x in vectorized(r0, r1, out)..out.len() {
+        let taps = [r0[2 * x], r0[2 * x + 1], r1[2 * x], r1[2 * x + 1]];
+        out[x] = taps.into_iter().fold(f32::MIN, |m, v| if m < v { v } else { m });
+    }
+}
+
+/// [`pool_row`] four outputs at a time; returns how many it wrote.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn vectorized(r0: &[f32], r1: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::wasm32::*;
+    let even = |v: &[f32]| f32x4(v[0], v[2], v[4], v[6]);
+    let odd = |v: &[f32]| f32x4(v[1], v[3], v[5], v[7]);
+    let mut x = 0;
+    // `f32x4_pmax(m, v)` is `m < v ? v : m`, lane by lane: the same fold.
+    while x + 4 <= out.len() {
+        let (a, b) = (&r0[2 * x..2 * x + 8], &r1[2 * x..2 * x + 8]);
+        let mut m = f32x4_splat(f32::MIN);
+        m = f32x4_pmax(m, even(a));
+        m = f32x4_pmax(m, odd(a));
+        m = f32x4_pmax(m, even(b));
+        m = f32x4_pmax(m, odd(b));
+        out[x] = f32x4_extract_lane::<0>(m);
+        out[x + 1] = f32x4_extract_lane::<1>(m);
+        out[x + 2] = f32x4_extract_lane::<2>(m);
+        out[x + 3] = f32x4_extract_lane::<3>(m);
+        x += 4;
+    }
+    x
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn vectorized(_: &[f32], _: &[f32], _: &mut [f32]) -> usize {
+    0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The vectorized pool against tract's own op, natively (where `pool_row` runs its scalar
+    /// fold; the WebAssembly lanes are checked against ONNX Runtime by the reference tests).
+    #[test]
+    fn matches_tracts_max_pool_with_nans_and_odd_sizes() {
+        for (h, w) in [(4usize, 8usize), (5, 9), (6, 14), (2, 2)] {
+            let values: Vec<f32> = (0..2 * 3 * h * w)
+                .map(|i| match i % 11 {
+                    3 => f32::NAN,
+                    7 => f32::NEG_INFINITY,
+                    k => (k as f32 - 5.0) * 0.37 * if i % 2 == 0 { 1.0 } else { -1.0 },
+                })
+                .collect();
+            let input = Tensor::from_shape(&[2, 3, h, w], &values).unwrap();
+            let mut model = TypedModel::default();
+            let source = model.add_source("x", f32::fact([2, 3, h, w])).unwrap();
+            let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(
+                tract_onnx::tract_core::ops::cnn::PoolSpec::new(
+                    tract_onnx::tract_core::ops::nn::DataFormat::NCHW,
+                    tvec!(2, 2),
+                    tract_onnx::tract_core::ops::cnn::PaddingSpec::Valid,
+                    None,
+                    Some(tvec!(2, 2)),
+                    3,
+                    3,
+                ),
+                None,
+            );
+            let out = model.wire_node("pool", pool, &[source]).unwrap();
+            model.select_output_outlets(&out).unwrap();
+            let optimized = model.into_optimized().unwrap();
+            let want = optimized.clone().into_runnable().unwrap().run(tvec!(input.clone().into())).unwrap();
+            let swapped = swapped_in(optimized);
+            assert!(swapped.nodes.iter().any(|n| n.op_is::<StridedMaxPool>()), "no max-pool to swap");
+            let got = swapped.into_runnable().unwrap().run(tvec!(input.into())).unwrap();
+            let bits = |t: &TValue| {
+                t.try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got[0]), bits(&want[0]), "{h}x{w}");
+        }
+    }
+}

@@ -81,7 +81,8 @@ fn pool_2x2_s2(input: &Tensor, geo: &ConcretePoolGeometry) -> TractResult<Option
     let (h, w) = (geo.input_shape.hw_dims()[0], geo.input_shape.hw_dims()[1]);
     let (oh, ow) = (geo.patch.output_shape[0], geo.patch.output_shape[1]);
     let unit_w = |shape: &DataShape| shape.hw_strides().last() == Some(&1);
-    if oh * 2 > h || ow * 2 > w || !unit_w(&geo.input_shape) || !unit_w(&geo.output_shape) {
+    let empty = oh == 0 || ow == 0;
+    if empty || oh * 2 > h || ow * 2 > w || !unit_w(&geo.input_shape) || !unit_w(&geo.output_shape) {
         return Ok(None);
     }
     let planes = geo.input_shape.n().unwrap_or(&1) * geo.input_shape.c();
@@ -152,6 +153,8 @@ mod tests {
     /// fold; the WebAssembly lanes are checked against ONNX Runtime by the reference tests).
     #[test]
     fn matches_tracts_max_pool_with_nans_and_odd_sizes() {
+        // Sizes that pool to nothing (1x1, 3x1) are left to tract's op, which panics on them
+        // (`chunks_mut(0)` in tract-core 0.23.9's 2x2 path), so they cannot be compared here.
         for (h, w) in [(4usize, 8usize), (5, 9), (6, 14), (2, 2)] {
             let values: Vec<f32> = (0..2 * 3 * h * w)
                 .map(|i| match i % 11 {

@@ -95,7 +95,11 @@ fn pool_2x2_s2(input: &Tensor, geo: &ConcretePoolGeometry) -> TractResult<Option
         return Ok(None);
     }
     let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-    let mut out = vec![0f32; planes * out_plane];
+    // Pooled straight into the output tensor: no second buffer to copy from.
+    let mut output = Tensor::zero::<f32>(&geo.output_shape.shape)?;
+    let mut view = output.try_as_plain_ram_mut()?;
+    let out = view.as_slice_mut::<f32>()?;
+    ensure!(out.len() == planes * out_plane && x.len() == planes * in_plane, "max-pool geometry");
     for (src, dst) in x.chunks_exact(in_plane).zip(out.chunks_exact_mut(out_plane)) {
         for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
             let r0 = &src[2 * oy * w..][..2 * ow];
@@ -103,7 +107,7 @@ fn pool_2x2_s2(input: &Tensor, geo: &ConcretePoolGeometry) -> TractResult<Option
             pool_row(r0, r1, row);
         }
     }
-    Ok(Some(Tensor::from_shape(&geo.output_shape.shape, &out)?))
+    Ok(Some(output))
 }
 
 /// `out[x]` = the max of `r0[2x]`, `r0[2x + 1]`, `r1[2x]`, `r1[2x + 1]`, folded from `f32::MIN`
@@ -148,6 +152,8 @@ fn vectorized(_: &[f32], _: &[f32], _: &mut [f32]) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
 
     /// The vectorized pool against tract's own op, natively (where `pool_row` runs its scalar
     /// fold; the WebAssembly lanes are checked against ONNX Runtime by the reference tests).
@@ -166,18 +172,16 @@ mod tests {
             let input = Tensor::from_shape(&[2, 3, h, w], &values).unwrap();
             let mut model = TypedModel::default();
             let source = model.add_source("x", f32::fact([2, 3, h, w])).unwrap();
-            let pool = tract_onnx::tract_core::ops::cnn::MaxPool::new(
-                tract_onnx::tract_core::ops::cnn::PoolSpec::new(
-                    tract_onnx::tract_core::ops::nn::DataFormat::NCHW,
-                    tvec!(2, 2),
-                    tract_onnx::tract_core::ops::cnn::PaddingSpec::Valid,
-                    None,
-                    Some(tvec!(2, 2)),
-                    3,
-                    3,
-                ),
+            let spec = PoolSpec::new(
+                DataFormat::NCHW,
+                tvec!(2, 2),
+                PaddingSpec::Valid,
                 None,
+                Some(tvec!(2, 2)),
+                3,
+                3,
             );
+            let pool = MaxPool::new(spec, None);
             let out = model.wire_node("pool", pool, &[source]).unwrap();
             model.select_output_outlets(&out).unwrap();
             let optimized = model.into_optimized().unwrap();

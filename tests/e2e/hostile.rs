@@ -241,3 +241,84 @@ fn guest_abusing_the_kernel_imports_is_trapped_before_native_code_runs() {
     let outputs = model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
     assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
 }
+
+/// The same for the depthwise import: `warden.depthwise_c` calls whose runs would read or write
+/// outside the guest's memory (past the end, below 0, through a far tap or a long stride), or
+/// misaligned, or with a tap list out of bounds or too long, or more work than one call may do
+/// (the deadline cannot interrupt it). Each traps before the native kernel runs, and the process
+/// then serves the real guest.
+#[test]
+fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
+    let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let top = 16 * 65536i64; // the module's 16 pages
+    let (taps_at, offsets_at) = (8192i64, 12288i64);
+    // (what, [input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len,
+    //  in_stride, out_stride], tap index and offset of every tap, the refusal expected)
+    type Abuse = (&'static str, [i64; 12], (i64, i64), &'static str);
+    let fine = [65536, 131072, 196608, taps_at, offsets_at, 1, 262144, 8, 8, 4, 8, 8];
+    let with = |changes: &[(usize, i64)]| {
+        let mut a = fine;
+        for (i, v) in changes {
+            a[*i] = *v;
+        }
+        a
+    };
+    let abuses: [Abuse; 10] = [
+        ("an output run past the end", with(&[(1, top - 16)]), (0, 0), "output"),
+        ("an input read below 0", with(&[(0, 0)]), (0, -64), "input"),
+        ("a long input stride", with(&[(9, 1 << 20), (10, 1 << 12)]), (0, 0), "input"),
+        ("a far kernel tap", with(&[]), (1 << 26, 0), "kernel"),
+        ("a misaligned bias", with(&[(6, 262146)]), (0, 0), "not f32-aligned"),
+        ("a kernel stride below the channels", with(&[(8, 4)]), (0, 0), "kernel stride"),
+        ("a tap list past the end", with(&[(3, top - 4), (5, 4)]), (0, 0), "outside guest memory"),
+        ("too many taps", with(&[(5, 5000)]), (0, 0), "depthwise taps"),
+        ("a negative output stride below 0", with(&[(1, 64), (11, -64)]), (0, 0), "output"),
+        ("a run too long for one call", with(&[(9, 1 << 22), (10, 0), (11, 0)]), (0, 0), "multiply-adds"),
+    ];
+    for (what, args, (tap, offset), refusal) in abuses {
+        let args: String =
+            args.iter().map(|a| format!("(i32.const {})", *a as i32)).collect::<Vec<_>>().join(" ");
+        let wat = format!(
+            r#"(module
+                (import "warden" "depthwise_c" (func $dw
+                    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+                (memory (export "memory") 16)
+                (func (export "warden_abi_version") (result i32) (i32.const {abi}))
+                (func (export "warden_reserve") (param i32) (result i32) (i32.const 16384))
+                (func (export "warden_load") (param i32) (result i64)
+                    (i32.store (i32.const {taps_at}) (i32.const {tap}))
+                    (i32.store (i32.const {offsets_at}) (i32.const {offset}))
+                    (drop (call $dw {args}))
+                    (i64.const 0))
+                (func (export "warden_run") (param i32) (result i64) (i64.const 0))
+                (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
+            abi = warden::guest::ABI_VERSION,
+            tap = tap as i32,
+            offset = offset as i32,
+        );
+        let runtime = builder(&dir.path().join("state"), &publisher.trust)
+            .guest_module(wat.into_bytes())
+            .no_cache()
+            .build()
+            .unwrap();
+        if !runtime.native_kernels().iter().any(|k| k.contains("depthwise")) {
+            eprintln!("no native depthwise kernel on this CPU; nothing to check");
+            return;
+        }
+        match runtime.load_bundle(&bundle) {
+            Err(Error::Sandbox(SandboxError::Trap(message))) => {
+                assert!(message.contains("host kernel call refused"), "{what}: {message}");
+                assert!(message.contains(refusal), "{what}: {message}");
+            }
+            other => panic!("{what}: expected a trap, got {other:?}"),
+        }
+        assert_eq!(runtime.native_kernel_calls(), 0, "{what}: the native kernel ran");
+    }
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+    let outputs = model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
+    assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
+}

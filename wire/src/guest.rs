@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::DType;
 
 /// Version of this contract; bumped on any change to the exports or the messages.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// One dimension of an input fact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +167,7 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// | `mmm_kernels` | `(buf: i32, cap: i32) -> i32` | writes the postcard `Vec<`[`kernels::HostKernel`]`>` to `buf` if it fits in `cap` bytes; returns its length either way |
 /// | `mmm_pick` | `(m: i64, k: i64, n: i64) -> i32` | index of the kernel the host would use natively for this f32 product (`-1` for a dimension not known), or `-1` for none |
 /// | `mmm_run` | `(kernel: i32, ops: i32, count: i32) -> i32` | runs one tile: `count` ops of [`kernels::WORDS_PER_OP`] `u32` words each at `ops` |
+/// | `depthwise_c` | `(input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len: i32, in_stride, out_stride: i32) -> i32` | one channel-inner depthwise run (tract-linalg's `DepthwiseCF32` contract, with guest addresses and `taps` `u32` tap indices and `i32` offsets in guest memory); `0` when done, `-1` when the host offers no such kernel (nothing was touched) |
 ///
 /// An op is an opcode word and four payload words, mirroring tract's `FusedKerSpec<f32>` with
 /// guest addresses for pointers. The host checks every range an op touches against the guest's
@@ -185,6 +186,15 @@ pub mod kernels {
     pub const PICK: &str = "mmm_pick";
     /// `(kernel: i32, ops: i32, count: i32) -> i32`.
     pub const RUN: &str = "mmm_run";
+    /// `(input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len,
+    /// in_stride, out_stride: i32) -> i32`.
+    pub const DEPTHWISE_C: &str = "depthwise_c";
+    /// Most taps in one `depthwise_c` call (a 9x9 kernel has 81).
+    pub const MAX_TAPS: usize = 1024;
+    /// Most multiply-adds in one `depthwise_c` call (`len * channels * taps`, a tap count of 0
+    /// counting as 1): a host call is not interrupted by the deadline, so the guest splits
+    /// longer runs. About 2-5 ms of native work.
+    pub const MAX_DEPTHWISE_WORK: u64 = 1 << 24;
     /// Most ops in one `mmm_run` call.
     pub const MAX_OPS: usize = 32;
     /// `u32` words per op: the opcode and four payload words.
@@ -215,6 +225,48 @@ pub mod kernels {
         pub b: Packing,
         /// Whether border tiles go through row-major scratch space.
         pub row_major_store: bool,
+    }
+
+    /// One piece of a depthwise run: positions `first..first + len`, channels `c0..c0 + channels`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DepthwisePiece {
+        pub first: usize,
+        pub len: usize,
+        pub c0: usize,
+        pub channels: usize,
+    }
+
+    /// A run of `len` positions of `channels` channels with `taps` taps, cut into pieces of at
+    /// most [`MAX_DEPTHWISE_WORK`] multiply-adds each (a tap count of 0 counting as 1): whole
+    /// positions when one fits, else one position at a time in blocks of channels. The pieces
+    /// cover the run exactly once, in order. A run with no positions or channels has none.
+    pub fn depthwise_pieces(
+        len: usize,
+        channels: usize,
+        taps: usize,
+    ) -> impl Iterator<Item = DepthwisePiece> {
+        let budget = MAX_DEPTHWISE_WORK as usize;
+        let taps = taps.max(1);
+        let per_position = channels.saturating_mul(taps);
+        let (step, block) = if per_position <= budget {
+            ((budget / per_position.max(1)).max(1), channels)
+        } else {
+            (1, (budget / taps).max(1))
+        };
+        let (mut first, mut c0) = (0, 0);
+        core::iter::from_fn(move || {
+            if first >= len || channels == 0 {
+                return None;
+            }
+            let piece =
+                DepthwisePiece { first, len: step.min(len - first), c0, channels: block.min(channels - c0) };
+            c0 += piece.channels;
+            if c0 == channels {
+                c0 = 0;
+                first += piece.len;
+            }
+            Some(piece)
+        })
     }
 
     /// Opcodes. Payload words: `f32` bits for scalars; a guest address for per-row (`mr`
@@ -281,6 +333,45 @@ mod tests {
     use super::*;
     use alloc::string::ToString;
     use alloc::vec;
+
+    /// Every run is covered once, in order, by pieces within the budget: runs that fit, runs
+    /// split by positions, positions split by channels, and empty runs.
+    #[test]
+    fn depthwise_pieces_cover_the_run_within_the_budget() {
+        use kernels::{MAX_DEPTHWISE_WORK, depthwise_pieces};
+        let budget = MAX_DEPTHWISE_WORK as usize;
+        for (len, channels, taps) in [
+            (1, 1, 9),
+            (160, 480, 25),
+            (4096, 1024, 9),
+            (3, 1 << 22, 1),
+            (2, 70_000, 1024),
+            (5, 8, 0),
+            (0, 8, 9),
+            (7, 0, 9),
+            (budget + 3, 1, 1),
+        ] {
+            let mut covered = vec![0usize; len];
+            let mut pieces = 0;
+            for p in depthwise_pieces(len, channels, taps) {
+                assert!(p.len >= 1 && p.channels >= 1, "{p:?}");
+                assert!(p.len * p.channels * taps.max(1) <= budget, "{p:?} over the budget");
+                assert!(p.c0 + p.channels <= channels && p.first + p.len <= len, "{p:?} outside the run");
+                for c in &mut covered[p.first..p.first + p.len] {
+                    assert_eq!(*c, p.c0, "{p:?}: positions out of order or twice");
+                    *c += p.channels;
+                }
+                pieces += 1;
+            }
+            assert!(covered.iter().all(|c| *c == channels), "{len}x{channels}x{taps} not covered once");
+            let fits = len * channels * taps.max(1) <= budget;
+            assert_eq!(
+                pieces == 1,
+                fits && len > 0 && channels > 0,
+                "{len}x{channels}x{taps}: {pieces} pieces"
+            );
+        }
+    }
 
     #[test]
     fn run_request_round_trips_without_copying_data() {

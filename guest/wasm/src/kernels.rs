@@ -1,4 +1,5 @@
-//! The host's native matrix-multiply kernels as tract kernels (see `warden_wire::guest::kernels`).
+//! The host's native matrix-multiply and depthwise kernels as tract kernels (see
+//! `warden_wire::guest::kernels`).
 //!
 //! At the first matrix product, tract asks its kernel registry what it can run; the
 //! [`MmmRoutine`] slots below answer with the kernels the host offers (`mmm_kernels`), each with
@@ -10,18 +11,25 @@
 //!
 //! When the host offers no kernel (another architecture, or switched off), no slot is runnable,
 //! the tier has no opinion, and tract uses its own simd128 kernels as before.
+//!
+//! Depthwise convolutions, which tract lays out channel-last in WebAssembly, go through a
+//! channel-inner kernel registered ahead of tract's own (`host_depthwise_c`): each run crosses
+//! to the host (`depthwise_c`), which checks it and runs a native kernel; a host that offers
+//! none answers `-1` once, and from then on tract's wasm kernel runs them.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tract_linalg::isa::{Arch, IsaSet};
+use tract_data::prelude::DatumType;
+use tract_linalg::WeightType;
+use tract_linalg::isa::{Arch, IsaReq, IsaSet};
 use tract_linalg::mmm::{FusedKerSpec, MMMInputFormat, MatMatMul, MatMatMulKer, Query, Suitable};
 use tract_linalg::mmm_routines::MmmRoutine;
 use tract_linalg::mmm_tiers::MmmTier;
 use tract_linalg::pack::PackedFormat;
-use tract_linalg::WeightType;
-use tract_data::prelude::DatumType;
-use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, op};
+use tract_linalg::routines::{DepthwiseCF32, Func, Routine, RoutineFactory};
+use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, depthwise_pieces, op};
 
 #[link(wasm_import_module = "warden")]
 unsafe extern "C" {
@@ -198,7 +206,8 @@ fn offered() -> &'static [HostKer] {
             // SAFETY: as above, with the larger buffer.
             len = unsafe { mmm_kernels(buf.as_mut_ptr(), buf.len() as u32) } as usize;
         }
-        let list: Vec<HostKernel> = buf.get(..len).and_then(|b| postcard::from_bytes(b).ok()).unwrap_or_default();
+        let list: Vec<HostKernel> =
+            buf.get(..len).and_then(|b| postcard::from_bytes(b).ok()).unwrap_or_default();
         list.iter().take(SLOTS).enumerate().map(|(i, k)| HostKer::offered(i as u32, k)).collect()
     })
 }
@@ -224,7 +233,12 @@ fn dim(d: Option<usize>) -> i64 {
 }
 
 /// The kernel the host would run natively for this product, if it offers it.
-fn host_preferred(_isa: &IsaSet, dt: DatumType, query: &Query, _suitable: &[Suitable]) -> Option<&'static str> {
+fn host_preferred(
+    _isa: &IsaSet,
+    dt: DatumType,
+    query: &Query,
+    _suitable: &[Suitable],
+) -> Option<&'static str> {
     let plain_f32 = matches!(query.weight, WeightType::Plain(DatumType::F32));
     if dt != DatumType::F32 || query.activation != DatumType::F32 || !plain_f32 || offered().is_empty() {
         return None;
@@ -241,5 +255,124 @@ inventory::submit! {
         name: "warden-host",
         applies: |_| true,
         preferred: host_preferred,
+    }
+}
+
+// The channel-inner depthwise kernel: the host's native one when it offers it.
+
+#[link(wasm_import_module = "warden")]
+unsafe extern "C" {
+    fn depthwise_c(
+        input: *const f32,
+        output: *mut f32,
+        kernel: *const f32,
+        tap_indices: *const usize,
+        offsets: *const isize,
+        taps: u32,
+        bias: *const f32,
+        channels: u32,
+        k_stride: u32,
+        len: u32,
+        in_stride: i32,
+        out_stride: i32,
+    ) -> i32;
+}
+
+/// Whether the host still might run depthwise calls: cleared at its first refusal (`-1`).
+static HOST_DEPTHWISE: AtomicBool = AtomicBool::new(true);
+
+/// tract's own WebAssembly channel-inner kernel, for a host that offers none.
+fn wasm_depthwise_c() -> Option<DepthwiseCF32> {
+    static OWN: OnceLock<Option<DepthwiseCF32>> = OnceLock::new();
+    *OWN.get_or_init(|| {
+        tract_linalg::routines::declared().find_map(|r| match r.factory {
+            RoutineFactory::DepthwiseCF32 { name: "wasm_simd128_depthwise_c_f32", run } => Some(run),
+            _ => None,
+        })
+    })
+}
+
+/// tract-linalg's `DepthwiseCF32` contract, run by the host when it offers the kernel, else by
+/// tract's own wasm kernel.
+///
+/// # Safety
+/// The contract's (see `DepthwiseCF32`); the host checks every range it touches anyway.
+#[allow(clippy::too_many_arguments)]
+unsafe fn host_depthwise_c(
+    input: *const f32,
+    output: *mut f32,
+    kernel: *const f32,
+    tap_indices: &[usize],
+    offsets: &[isize],
+    bias: *const f32,
+    channels: usize,
+    k_stride: usize,
+    len: usize,
+    in_stride: isize,
+    out_stride: isize,
+) {
+    if HOST_DEPTHWISE.load(Ordering::Relaxed) {
+        let taps = tap_indices.len().min(offsets.len());
+        let call = |input: *const f32,
+                    output: *mut f32,
+                    kernel: *const f32,
+                    bias: *const f32,
+                    channels: usize,
+                    len: usize| {
+            // SAFETY: an import of the host; it reads the tap lists and the operands at these
+            // guest addresses after checking them against this memory, and writes only the run.
+            unsafe {
+                depthwise_c(
+                    input,
+                    output,
+                    kernel,
+                    tap_indices.as_ptr(),
+                    offsets.as_ptr(),
+                    taps as u32,
+                    bias,
+                    channels as u32,
+                    k_stride as u32,
+                    len as u32,
+                    in_stride as i32,
+                    out_stride as i32,
+                )
+            }
+        };
+        // At most MAX_DEPTHWISE_WORK multiply-adds per call, so the deadline's epoch checks
+        // here in the guest come around between calls.
+        let mut done = 0;
+        for p in depthwise_pieces(len, channels, taps) {
+            let at = |ptr: *const f32, stride: isize| {
+                ptr.wrapping_offset(p.first as isize * stride).wrapping_add(p.c0)
+            };
+            let (inp, out) = (at(input, in_stride), at(output.cast_const(), out_stride).cast_mut());
+            done = call(inp, out, kernel.wrapping_add(p.c0), bias.wrapping_add(p.c0), p.channels, p.len);
+            if done != 0 {
+                break;
+            }
+        }
+        if done == 0 {
+            return;
+        }
+        // Only the first call can be refused this way (the host offers the kernel or not), so
+        // nothing was written yet: the whole run goes to tract's own kernel below.
+        HOST_DEPTHWISE.store(false, Ordering::Relaxed);
+    }
+    let own = wasm_depthwise_c().expect("tract-linalg has a wasm depthwise_c_f32 kernel");
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        own(input, output, kernel, tap_indices, offsets, bias, channels, k_stride, len, in_stride, out_stride)
+    }
+}
+
+inventory::submit! {
+    Routine {
+        func: Func::DepthwiseC,
+        arch: Some(Arch::Wasm32Simd128),
+        isa: IsaReq::ANY,
+        // Ahead of tract's own wasm kernel (boost 0), which it falls back on.
+        boost: 1,
+        round_trip: false,
+        factory: RoutineFactory::DepthwiseCF32 { name: "warden_host_depthwise_c_f32", run: host_depthwise_c },
     }
 }

@@ -18,6 +18,8 @@ use tract_linalg::mmm::{DynKernel, FusedKerSpec, MatMatMul, MmmDispatch, OutputS
 use tract_linalg::pack::PackedFormat;
 use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, op};
 
+use super::depthwise::{Args, DepthwiseC};
+
 type KernelFn = unsafe fn(&[FusedKerSpec<f32>]) -> isize;
 
 /// Products with fewer multiply-adds stay in WebAssembly: a host call per tile costs more than
@@ -45,6 +47,8 @@ impl std::fmt::Debug for Native {
 #[derive(Debug, Default)]
 pub(crate) struct HostKernels {
     kernels: Vec<Native>,
+    /// The channel-inner depthwise kernel (`depthwise_c`), if this CPU has one.
+    depthwise: Option<DepthwiseC>,
     /// The postcard list the guest reads with `mmm_kernels`.
     listing: Vec<u8>,
     calls: AtomicU64,
@@ -75,7 +79,7 @@ impl HostKernels {
     /// No kernels: the guest uses its own wasm kernels.
     pub(crate) fn none() -> HostKernels {
         let listing = postcard::to_allocvec(&Vec::<HostKernel>::new()).unwrap_or_default();
-        HostKernels { kernels: Vec::new(), listing, calls: AtomicU64::new(0) }
+        HostKernels { kernels: Vec::new(), depthwise: None, listing, calls: AtomicU64::new(0) }
     }
 
     /// Every f32 kernel with plain packed operands that this CPU runs natively.
@@ -104,15 +108,27 @@ impl HostKernels {
             })
             .collect();
         let listing = postcard::to_allocvec(&listing).unwrap_or_default();
-        HostKernels { kernels, listing, calls: AtomicU64::new(0) }
+        HostKernels { kernels, depthwise: DepthwiseC::native(), listing, calls: AtomicU64::new(0) }
     }
 
     /// Names of the kernels offered.
     pub(crate) fn names(&self) -> Vec<&str> {
-        self.kernels.iter().map(|k| k.name.as_str()).collect()
+        self.kernels
+            .iter()
+            .map(|k| k.name.as_str())
+            .chain(self.depthwise.as_ref().map(DepthwiseC::name))
+            .collect()
     }
 
-    /// Tiles run so far.
+    /// `depthwise_c`: runs one checked channel-inner depthwise run; `-1` if none is offered.
+    pub(crate) fn depthwise_c(&self, memory: &mut [u8], args: &Args) -> Result<i32, KernelFault> {
+        let Some(depthwise) = &self.depthwise else { return Ok(-1) };
+        depthwise.run(memory, args)?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(0)
+    }
+
+    /// Tiles and depthwise runs done so far.
     pub(crate) fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
@@ -144,11 +160,21 @@ impl HostKernels {
         if packing != 0 || extractor.is_some() {
             return -1;
         }
-        self.kernels.iter().position(|k| k.name == mmm.name()).and_then(|i| i32::try_from(i).ok()).unwrap_or(-1)
+        self.kernels
+            .iter()
+            .position(|k| k.name == mmm.name())
+            .and_then(|i| i32::try_from(i).ok())
+            .unwrap_or(-1)
     }
 
     /// `mmm_run`: checks the op list at `ops` and runs it with the native kernel.
-    pub(crate) fn run(&self, memory: &mut [u8], kernel: u32, ops: u32, count: u32) -> Result<i32, KernelFault> {
+    pub(crate) fn run(
+        &self,
+        memory: &mut [u8],
+        kernel: u32,
+        ops: u32,
+        count: u32,
+    ) -> Result<i32, KernelFault> {
         let ker = self
             .kernels
             .get(kernel as usize)
@@ -193,7 +219,7 @@ fn call_native(run: KernelFn, spec: &[FusedKerSpec<f32>]) -> i32 {
 /// cleans zmm0-15 only, and tract's AVX-512 kernels also use zmm16-31, so those are zeroed first.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-fn clear_upper_state() {
+pub(crate) fn clear_upper_state() {
     // `is_x86_feature_detected!` caches its answer: two loads and a test.
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present (checked above).
@@ -205,7 +231,7 @@ fn clear_upper_state() {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn clear_upper_state() {}
+pub(crate) fn clear_upper_state() {}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -254,7 +280,7 @@ fn span(memory: &[u8], addr: u32, len: u64) -> Result<usize, KernelFault> {
 }
 
 /// The offset of `len` bytes at guest address `addr`, if they all lie in a memory of `mem_len`.
-fn in_memory(mem_len: usize, addr: u32, len: u64) -> Result<usize, KernelFault> {
+pub(crate) fn in_memory(mem_len: usize, addr: u32, len: u64) -> Result<usize, KernelFault> {
     match u64::from(addr).checked_add(len) {
         Some(end) if end <= mem_len as u64 => Ok(addr as usize),
         _ => Err(KernelFault(format!("{len} bytes at {addr:#x} are outside guest memory"))),

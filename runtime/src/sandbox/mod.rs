@@ -2,6 +2,7 @@
 //! cap, a stack cap and a per-call deadline.
 
 mod cache;
+mod depthwise;
 mod kernels;
 
 use std::path::PathBuf;
@@ -14,8 +15,8 @@ use warden_wire::guest::{
     ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
 };
 use wasmtime::{
-    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
+    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap, TypedFunc,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -158,7 +159,7 @@ fn kernel_env<'a>(
 
 /// Defines the kernel imports (`warden_wire::guest::kernels`).
 fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    use warden_wire::guest::kernels::{LIST, MODULE, PICK, RUN};
+    use warden_wire::guest::kernels::{DEPTHWISE_C, LIST, MODULE, PICK, RUN};
     linker.func_wrap(MODULE, LIST, |mut caller: Caller<'_, StoreState>, buf: u32, cap: u32| {
         let (memory, kernels) = kernel_env(&mut caller)?;
         Ok(kernels.list(memory, buf, cap)?)
@@ -166,10 +167,49 @@ fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, PICK, |caller: Caller<'_, StoreState>, m: i64, k: i64, n: i64| {
         caller.data().kernels.pick(m, k, n)
     })?;
-    linker.func_wrap(MODULE, RUN, |mut caller: Caller<'_, StoreState>, kernel: u32, ops: u32, count: u32| {
-        let (memory, kernels) = kernel_env(&mut caller)?;
-        Ok(kernels.run(memory, kernel, ops, count)?)
-    })?;
+    linker.func_wrap(
+        MODULE,
+        RUN,
+        |mut caller: Caller<'_, StoreState>, kernel: u32, ops: u32, count: u32| {
+            let (memory, kernels) = kernel_env(&mut caller)?;
+            Ok(kernels.run(memory, kernel, ops, count)?)
+        },
+    )?;
+    #[allow(clippy::too_many_arguments)]
+    linker.func_wrap(
+        MODULE,
+        DEPTHWISE_C,
+        |mut caller: Caller<'_, StoreState>,
+         input: u32,
+         output: u32,
+         kernel: u32,
+         tap_indices: u32,
+         offsets: u32,
+         taps: u32,
+         bias: u32,
+         channels: u32,
+         k_stride: u32,
+         len: u32,
+         in_stride: i32,
+         out_stride: i32| {
+            let args = depthwise::Args {
+                input,
+                output,
+                kernel,
+                tap_indices,
+                offsets,
+                taps,
+                bias,
+                channels,
+                k_stride,
+                len,
+                in_stride,
+                out_stride,
+            };
+            let (memory, kernels) = kernel_env(&mut caller)?;
+            Ok(kernels.depthwise_c(memory, &args)?)
+        },
+    )?;
     Ok(())
 }
 
@@ -228,7 +268,8 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Setup(format!("starting the epoch thread: {e}")))?;
-        let kernels = Arc::new(if config.native_kernels { HostKernels::native() } else { HostKernels::none() });
+        let kernels =
+            Arc::new(if config.native_kernels { HostKernels::native() } else { HostKernels::none() });
         Ok(Sandbox { engine, pre, config, stop_ticker, compile: (outcome, elapsed), kernels })
     }
 

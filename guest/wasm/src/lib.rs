@@ -9,6 +9,7 @@ mod kernels;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use warden_wire::guest::{
     ABI_VERSION, GuestError, GuestErrorKind, InspectRequest, LoadRequest, Reply, RunRequest, RunResponse,
@@ -16,12 +17,25 @@ use warden_wire::guest::{
 
 use warden_guest::Engine;
 
-/// Hands out zeroed memory only. tract computes on some bytes whose results it never reads (the
-/// padding of packed panels, scratch space); left-over bytes there (integers, pointers) read as
-/// f32 are often subnormal numbers, and arithmetic on those is 10-100x slower on x86. Which
-/// bytes are left over depends on the order of allocations, so without this about one load in
-/// ten of silero VAD ran 5-10x slower than the others, for the life of the instance.
+/// Hands out zeroed memory while the guest computes matrix products itself. tract computes on
+/// some bytes whose results it never reads (the padding of packed panels, scratch space);
+/// left-over bytes there (integers, pointers) read as f32 are often subnormal numbers, and
+/// arithmetic on those is 10-100x slower in the wasm kernels' SSE code on x86. Which bytes are
+/// left over depends on the order of allocations, so without zeroing about one load in ten of
+/// silero VAD ran 5-10x slower than the others, for the life of the instance. Once the host
+/// offers its native kernels (`kernels::offered`), the padded panels go to those, and zeroing
+/// is switched off: it cost PP-OCR 3-4% (memsets of output tensors that are fully written
+/// anyway), and 20 loads each of silero VAD and the small models showed no slow load without it
+/// (benches/README.md).
 struct Zeroed;
+
+/// Whether [`Zeroed`] zeroes: until the host's kernels are known, and for good if it has none.
+static ZEROING: AtomicBool = AtomicBool::new(true);
+
+/// Switches zeroing on or off for allocations from now on.
+pub(crate) fn zero_allocations(on: bool) {
+    ZEROING.store(on, Ordering::Relaxed);
+}
 
 // SAFETY: every method forwards to `System` with the caller's own arguments, so `System`'s
 // guarantees hold; `realloc` additionally writes zeros only inside the new block, past the part
@@ -29,7 +43,9 @@ struct Zeroed;
 unsafe impl GlobalAlloc for Zeroed {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is (see above).
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe {
+            if ZEROING.load(Ordering::Relaxed) { System.alloc_zeroed(layout) } else { System.alloc(layout) }
+        }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -47,7 +63,7 @@ unsafe impl GlobalAlloc for Zeroed {
         // first `min(old, new)` were copied, so zeroing `old..new` stays inside it.
         unsafe {
             let new = System.realloc(ptr, layout, new_size);
-            if !new.is_null() && new_size > layout.size() {
+            if !new.is_null() && new_size > layout.size() && ZEROING.load(Ordering::Relaxed) {
                 new.add(layout.size()).write_bytes(0, new_size - layout.size());
             }
             new

@@ -247,7 +247,7 @@ impl Runtime {
         self.sandbox.native_kernels()
     }
 
-    /// How many matrix tiles the guest has run with native kernels so far.
+    /// How many host kernel calls (matrix tiles, depthwise runs) guests have made so far.
     pub fn native_kernel_calls(&self) -> u64 {
         self.sandbox.native_kernel_calls()
     }

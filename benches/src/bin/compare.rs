@@ -527,7 +527,7 @@ fn main() {
 
         let tiles = runtime.native_kernel_calls();
         let sandbox_out = model.infer(inputs.clone()).unwrap();
-        eprintln!("{tag}: {} matrix tiles per inference on native kernels", runtime.native_kernel_calls() - tiles);
+        eprintln!("{tag}: {} host kernel calls per inference (matrix tiles, depthwise runs)", runtime.native_kernel_calls() - tiles);
         let wasm_out = model_w.infer(inputs.clone()).unwrap();
         let (mut native, native_out) = Native::start(bytes.clone(), manifest.input_facts(), inputs.clone());
         let mismatch = deviation(&sandbox_out, &expected)

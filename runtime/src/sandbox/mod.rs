@@ -279,7 +279,7 @@ impl Sandbox {
         self.kernels.names()
     }
 
-    /// How many tiles guests have run with the native kernels so far.
+    /// How many host kernel calls (matrix tiles, depthwise runs) guests have made so far.
     pub fn native_kernel_calls(&self) -> u64 {
         self.kernels.calls()
     }

@@ -306,7 +306,7 @@ impl Runtime {
             memory_limit,
             max_instances: self.instances_per_model,
             max_input_bytes: self.max_input_bytes,
-            pool: Mutex::new(Pool { idle: Vec::new(), live: 0 }),
+            pool: Mutex::new(Pool { idle: Vec::new(), live: 0, waiting: 0 }),
             freed: Condvar::new(),
             runs: AtomicU64::new(0),
             bundle,
@@ -322,6 +322,9 @@ impl Runtime {
 struct Pool {
     idle: Vec<GuestInstance>,
     live: usize,
+    /// Callers blocked in `acquire`: `release` wakes one only if there are any, since a
+    /// condition variable's notify is a futex syscall even with nobody waiting.
+    waiting: usize,
 }
 
 struct ModelInner {
@@ -358,11 +361,18 @@ impl ModelInner {
                 pool.live += 1;
                 drop(pool);
                 return self.new_instance().inspect_err(|_| {
-                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).live -= 1;
-                    self.freed.notify_one();
+                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.live -= 1;
+                    let wake = pool.waiting > 0;
+                    drop(pool);
+                    if wake {
+                        self.freed.notify_one();
+                    }
                 });
             }
+            pool.waiting += 1;
             pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
+            pool.waiting -= 1;
         }
     }
 
@@ -376,8 +386,11 @@ impl ModelInner {
         } else {
             pool.live -= 1;
         }
+        let wake = pool.waiting > 0;
         drop(pool);
-        self.freed.notify_one();
+        if wake {
+            self.freed.notify_one();
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hostile models are contained: each ends as a typed error within its deadline, and the same
 //! runtime then serves a good model.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warden::{DType, Error, GuestErrorKind, Runtime, SandboxError, Tensor};
@@ -221,23 +222,34 @@ fn guest_abusing_the_kernel_imports_is_trapped_before_native_code_runs() {
                 (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
             abi = warden::guest::ABI_VERSION,
         );
-        let runtime = builder(&dir.path().join("state"), &publisher.trust)
-            .guest_module(wat.into_bytes())
-            .no_cache()
-            .build()
-            .unwrap();
-        match runtime.load_bundle(&bundle) {
-            Err(Error::Sandbox(SandboxError::Trap(message))) => {
-                let expected = if runtime.native_kernels().is_empty() { "no host kernel" } else { refusal };
-                assert!(message.contains("host kernel call refused"), "{what}: {message}");
-                assert!(message.contains(expected), "{what}: {message}");
-            }
-            other => panic!("{what}: expected a trap, got {other:?}"),
-        }
-        assert_eq!(runtime.native_kernel_calls(), 0, "{what}: the native kernel ran");
+        let runtime = hostile_runtime(dir.path(), &publisher, wat);
+        let expected = if runtime.native_kernels().is_empty() { "no host kernel" } else { refusal };
+        assert_refused_before_native_code(&runtime, &bundle, what, expected);
     }
-    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
-    let model = runtime.load_bundle(&bundle).unwrap();
+    serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
+}
+
+/// A runtime whose guest is the hostile module `wat`.
+fn hostile_runtime(dir: &Path, publisher: &TestPublisher, wat: String) -> Runtime {
+    builder(&dir.join("state"), &publisher.trust).guest_module(wat.into_bytes()).no_cache().build().unwrap()
+}
+
+/// Loading `bundle` traps with a host kernel refusal naming `refusal`, and no native kernel ran.
+fn assert_refused_before_native_code(runtime: &Runtime, bundle: &Path, what: &str, refusal: &str) {
+    match runtime.load_bundle(bundle) {
+        Err(Error::Sandbox(SandboxError::Trap(message))) => {
+            assert!(message.contains("host kernel call refused"), "{what}: {message}");
+            assert!(message.contains(refusal), "{what}: {message}");
+        }
+        other => panic!("{what}: expected a trap, got {other:?}"),
+    }
+    assert_eq!(runtime.native_kernel_calls(), 0, "{what}: the native kernel ran");
+}
+
+/// The same process, with the real guest, still serves digits correctly.
+fn serves_digits_after_the_abuse(dir: &Path, publisher: &TestPublisher, bundle: &Path, fixture: &Fixture) {
+    let runtime = builder(&dir.join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(bundle).unwrap();
     let outputs = model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
     assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
 }
@@ -299,26 +311,12 @@ fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
             tap = tap as i32,
             offset = offset as i32,
         );
-        let runtime = builder(&dir.path().join("state"), &publisher.trust)
-            .guest_module(wat.into_bytes())
-            .no_cache()
-            .build()
-            .unwrap();
+        let runtime = hostile_runtime(dir.path(), &publisher, wat);
         if !runtime.native_kernels().iter().any(|k| k.contains("depthwise")) {
             eprintln!("no native depthwise kernel on this CPU; nothing to check");
             return;
         }
-        match runtime.load_bundle(&bundle) {
-            Err(Error::Sandbox(SandboxError::Trap(message))) => {
-                assert!(message.contains("host kernel call refused"), "{what}: {message}");
-                assert!(message.contains(refusal), "{what}: {message}");
-            }
-            other => panic!("{what}: expected a trap, got {other:?}"),
-        }
-        assert_eq!(runtime.native_kernel_calls(), 0, "{what}: the native kernel ran");
+        assert_refused_before_native_code(&runtime, &bundle, what, refusal);
     }
-    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
-    let model = runtime.load_bundle(&bundle).unwrap();
-    let outputs = model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
-    assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
+    serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
 }

@@ -165,7 +165,7 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// | import | signature | meaning |
 /// | --- | --- | --- |
 /// | `mmm_kernels` | `(buf: i32, cap: i32) -> i32` | writes the postcard `Vec<`[`kernels::HostKernel`]`>` to `buf` if it fits in `cap` bytes; returns its length either way |
-/// | `mmm_pick` | `(m: i64, k: i64, n: i64) -> i32` | index of the kernel the host would use natively for this f32 product (`-1` for a dimension not known), or `-1` for none |
+/// | `mmm_pick` | `(m: i64, k: i64, n: i64) -> i32` | index of the kernel the host chooses for this f32 product (`-1` for a dimension not known), or `-1` for none |
 /// | `mmm_run` | `(kernel: i32, ops: i32, count: i32) -> i32` | runs one tile: `count` ops of [`kernels::WORDS_PER_OP`] `u32` words each at `ops` |
 /// | `depthwise_c` | `(input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len: i32, in_stride, out_stride: i32) -> i32` | one channel-inner depthwise run (tract-linalg's `DepthwiseCF32` contract, with guest addresses and `taps` `u32` tap indices and `i32` offsets in guest memory); `0` when done, `-1` when the host offers no such kernel (nothing was touched) |
 ///

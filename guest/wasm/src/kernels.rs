@@ -5,7 +5,7 @@
 //! [`MmmRoutine`] slots below answer with the kernels the host offers (`mmm_kernels`), each with
 //! the host kernel's own tile size and packing, so panels packed here are laid out exactly as
 //! the native kernel reads them. The [`MmmTier`] below, ahead of tract's own wasm tier, names the
-//! kernel the host would pick natively for the same product (`mmm_pick`). Every tile then goes
+//! kernel the host chooses for the same product (`mmm_pick`). Every tile then goes
 //! through [`HostKer::kernel`]: the tile's op list, with guest addresses, crosses to the host
 //! (`mmm_run`), which checks each range it touches before its native kernel runs on it.
 //!

@@ -143,8 +143,9 @@ impl HostKernels {
         u32::try_from(len).map_err(|_| KernelFault("kernel listing above 4 GiB".into()))
     }
 
-    /// `mmm_pick`: the index of the kernel native tract would use for this f32 product, or -1
-    /// (the guest's own kernels) for none, or for a product smaller than [`MIN_NATIVE_MACS`].
+    /// `mmm_pick`: the index of the kernel for this f32 product (native tract's choice, unless
+    /// another costs the sandbox much less: `cheapest_in_the_sandbox`), or -1 (the guest's own
+    /// kernels) for none, or for a product smaller than [`MIN_NATIVE_MACS`].
     pub(crate) fn pick(&self, m: i64, k: i64, n: i64) -> i32 {
         if self.kernels.is_empty() {
             return -1;
@@ -160,11 +161,24 @@ impl HostKernels {
         if packing != 0 || extractor.is_some() {
             return -1;
         }
-        self.kernels
-            .iter()
-            .position(|k| k.name == mmm.name())
-            .and_then(|i| i32::try_from(i).ok())
-            .unwrap_or(-1)
+        let Some(native) = self.kernels.iter().position(|k| k.name == mmm.name()) else { return -1 };
+        let chosen = match (dim(m), dim(k), dim(n)) {
+            (Some(m), Some(k), Some(n)) => self.cheapest_in_the_sandbox(native, m, k, n),
+            _ => native,
+        };
+        i32::try_from(chosen).unwrap_or(-1)
+    }
+
+    /// The kernel to use in the sandbox for an `m x k x n` product: native tract's choice
+    /// (`native`) unless another offered kernel costs less than 0.7 of it by [`sandbox_cost`].
+    /// Natively a border tile (one the product does not fill) costs little; in the sandbox every
+    /// tile is a host call and every border tile's copy into the output runs in wasm, so a
+    /// kernel taller than the product (tract picks 40x2 for the CNN's 32-channel first conv:
+    /// 392 tiles, all of them border tiles) can cost several times a squarer one.
+    fn cheapest_in_the_sandbox(&self, native: usize, m: usize, k: usize, n: usize) -> usize {
+        let cost = |i: usize| sandbox_cost(&self.kernels[i], m, k, n);
+        let best = (0..self.kernels.len()).min_by(|a, b| cost(*a).total_cmp(&cost(*b))).unwrap_or(native);
+        if cost(best) < 0.7 * cost(native) { best } else { native }
     }
 
     /// `mmm_run`: checks the op list at `ops` and runs it with the native kernel.
@@ -197,6 +211,23 @@ impl HostKernels {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(call_native(ker.run, &spec[..=count]))
     }
+}
+
+/// A rough cost in nanoseconds of an `m x k x n` product with `ker` in the sandbox: a host call
+/// per tile, the wasm copy of every border tile's live elements out of its scratch tile, and the
+/// kernel's multiply-adds, padded to whole tiles (AVX-512 kernels about twice as many per ns as
+/// the others). Calibrated on a profile of the generated CNN: about 60 ns per call and 2 ns per
+/// copied element.
+fn sandbox_cost(ker: &Native, m: usize, k: usize, n: usize) -> f64 {
+    const CALL_NS: f64 = 60.0;
+    const COPY_NS: f64 = 2.0;
+    let (mr, nr) = (ker.mr, ker.nr);
+    let (rows, cols) = (m.div_ceil(mr), n.div_ceil(nr));
+    let tiles = (rows * cols) as f64;
+    let full = (m / mr) * (n / nr);
+    let border_elements = (m * n - full * mr * nr) as f64;
+    let mac_ns = if ker.name.starts_with("avx512") { 1.0 / 96.0 } else { 1.0 / 48.0 };
+    tiles * CALL_NS + border_elements * COPY_NS + tiles * (mr * nr * k) as f64 * mac_ns
 }
 
 /// Runs a native kernel on a checked op list.
@@ -487,5 +518,34 @@ mod tests {
         let mut mem = vec![0u8; 64];
         let len = none.list(&mut mem, 0, 64).unwrap() as usize;
         assert_eq!(postcard::from_bytes::<Vec<HostKernel>>(&mem[..len]).unwrap(), vec![]);
+    }
+
+    /// Where native tract's kernel would make the sandbox pay for many border tiles (the CNN's
+    /// first conv: 32 x 9 x 784, for which tract picks 40x2 on AVX-512 machines), the pick costs
+    /// less and makes fewer host calls; where the multiply-adds dominate, it is tract's own.
+    #[test]
+    fn picks_for_the_sandbox_only_where_tracts_kernel_would_cost_it_much_more() {
+        let kernels = HostKernels::native();
+        let native = |m: usize, k: usize, n: usize| {
+            let query = Query::plain(DatumType::F32, Some(m), Some(k), Some(n));
+            let (mmm, ..) = MmmDispatch::native().pick(&query).unwrap();
+            kernels.kernels.iter().position(|ker| ker.name == mmm.name())
+        };
+        let Some(tracts) = native(32, 9, 784) else {
+            eprintln!("no native f32 kernel on this CPU; nothing to check");
+            return;
+        };
+        let ours = usize::try_from(kernels.pick(32, 9, 784)).unwrap();
+        let (a, b) = (&kernels.kernels[ours], &kernels.kernels[tracts]);
+        assert!(sandbox_cost(a, 32, 9, 784) <= sandbox_cost(b, 32, 9, 784), "{a:?} against {b:?}");
+        let tiles = |k: &Native| 32usize.div_ceil(k.mr) * 784usize.div_ceil(k.nr);
+        assert!(tiles(a) <= tiles(b), "{a:?}: {} tiles against {b:?}: {}", tiles(a), tiles(b));
+        if b.mr > 32 {
+            assert!(tiles(a) < tiles(b), "tract's {b:?} is taller than the product, ours {a:?} is not better");
+        }
+        for (m, k, n) in [(1024, 1024, 64), (512, 512, 512)] {
+            let ours = usize::try_from(kernels.pick(m as i64, k as i64, n as i64)).unwrap();
+            assert_eq!(Some(ours), native(m, k, n), "{m}x{k}x{n}: the multiply-adds dominate, tract's choice stands");
+        }
     }
 }

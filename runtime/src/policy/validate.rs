@@ -103,18 +103,14 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
     if !bounded && !t.dtype.is_float() {
         return Ok(());
     }
-    // The bounds of each feature (the last axis), resolved once: value `i` has feature
-    // `i % features`.
+    // The bounds of each feature (the last axis): value `i` has feature `i % features`, and a
+    // per-feature list shorter than the axis leaves the rest unbounded.
     let features = t.shape.last().copied().unwrap_or(1).max(1) as usize;
-    let bound = |b: &Option<Bound>, i: usize, default: f64| match b {
-        None => default,
-        Some(Bound::All(v)) => *v,
-        Some(Bound::PerFeature(vs)) => vs.get(i % features).copied().unwrap_or(default),
-    };
     let per_feature = |b: &Option<Bound>, default: f64| -> Vec<f64> {
         match b {
-            Some(Bound::PerFeature(_)) => (0..features).map(|i| bound(b, i, default)).collect(),
-            _ => vec![bound(b, 0, default)],
+            None => vec![default],
+            Some(Bound::All(v)) => vec![*v],
+            Some(Bound::PerFeature(vs)) => (0..features).map(|i| vs.get(i).copied().unwrap_or(default)).collect(),
         }
     };
     let (mins, maxs) = (per_feature(&spec.min, f64::NEG_INFINITY), per_feature(&spec.max, f64::INFINITY));

@@ -142,9 +142,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Offer the guest this CPU's native matrix-multiply kernels, run on checked ranges of the
-    /// guest's memory (see ARCHITECTURE.md, "Trust boundary"). By default `true`; with `false`
-    /// every product runs as WebAssembly, about 2x slower on matmul-heavy models.
+    /// Offer the guest this CPU's native matrix-multiply and depthwise kernels, run on checked
+    /// ranges of the guest's memory (see ARCHITECTURE.md, "Trust boundary"). By default `true`;
+    /// with `false` all arithmetic runs as WebAssembly, about 1.5-3x slower on conv- and
+    /// matmul-heavy models.
     pub fn native_kernels(mut self, on: bool) -> Self {
         self.native_kernels = on;
         self

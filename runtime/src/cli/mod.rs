@@ -50,8 +50,9 @@ struct Global {
     /// built with +relaxed-simd; see benches/README.md).
     #[arg(long, global = true, hide = true)]
     relaxed_simd: bool,
-    /// Compute every matrix product in WebAssembly instead of with this CPU's native kernels
-    /// (about 2x slower on matmul-heavy models; see ARCHITECTURE.md, "Trust boundary").
+    /// Compute every matrix product and depthwise convolution in WebAssembly instead of with
+    /// this CPU's native kernels (about 1.5-3x slower on conv- and matmul-heavy models; see
+    /// ARCHITECTURE.md, "Trust boundary").
     #[arg(long, global = true)]
     wasm_kernels_only: bool,
     /// Run this guest module instead of the built-in one (for comparing guest builds).

@@ -65,9 +65,10 @@ pub struct SandboxConfig {
     /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add (results
     /// may then differ in the last bits between hosts). By default `false`.
     pub relaxed_simd: bool,
-    /// Offer the guest this CPU's native matrix-multiply kernels (tract's), run on checked
-    /// ranges of the guest's memory; see ARCHITECTURE.md, "Trust boundary". By default `true`.
-    /// With `false` the guest computes every product with its own WebAssembly kernels.
+    /// Offer the guest this CPU's native matrix-multiply kernels (tract's) and depthwise kernel,
+    /// run on checked ranges of the guest's memory; see ARCHITECTURE.md, "Trust boundary". By
+    /// default `true`. With `false` the guest computes everything with its own WebAssembly
+    /// kernels.
     pub native_kernels: bool,
 }
 

@@ -156,6 +156,13 @@ impl HostKernels {
         {
             return -1;
         }
+        // The dimensions come from the guest. No operand or result of a product that fits in a
+        // 32-bit guest's memory has more than 2^32 elements; anything larger is refused here,
+        // before tract's cost model (or ours) multiplies them in `usize`.
+        let (dm, dk, dn) = (dim(m).unwrap_or(1), dim(k).unwrap_or(1), dim(n).unwrap_or(1));
+        if [dm.saturating_mul(dk), dk.saturating_mul(dn), dm.saturating_mul(dn)].iter().any(|e| *e > 1 << 32) {
+            return -1;
+        }
         let query = Query::plain(DatumType::F32, dim(m), dim(k), dim(n));
         let Some((mmm, packing, extractor)) = MmmDispatch::native().pick(&query) else { return -1 };
         if packing != 0 || extractor.is_some() {
@@ -515,6 +522,10 @@ mod tests {
         assert_eq!(none.pick(64, 64, 64), -1);
         let native = HostKernels::native();
         assert_eq!(native.pick(64, 64, 1), -1, "a product too small for a host call");
+        for d in [1i64 << 31, 1 << 40, i64::MAX] {
+            assert_eq!(native.pick(d, d, d), -1, "a product no guest memory can hold: {d}");
+            assert_eq!(native.pick(1, d, d), -1, "an operand no guest memory can hold: {d}");
+        }
         let mut mem = vec![0u8; 64];
         let len = none.list(&mut mem, 0, 64).unwrap() as usize;
         assert_eq!(postcard::from_bytes::<Vec<HostKernel>>(&mem[..len]).unwrap(), vec![]);

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use warden_wire::guest::{InputFact, LoadRequest, ModelInfo};
@@ -364,11 +364,7 @@ impl ModelInner {
                 return self.new_instance().inspect_err(|_| {
                     let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                     pool.live -= 1;
-                    let wake = pool.waiting > 0;
-                    drop(pool);
-                    if wake {
-                        self.freed.notify_one();
-                    }
+                    self.unlock_and_wake(pool);
                 });
             }
             pool.waiting += 1;
@@ -387,6 +383,11 @@ impl ModelInner {
         } else {
             pool.live -= 1;
         }
+        self.unlock_and_wake(pool);
+    }
+
+    /// Releases the pool's lock and wakes one caller blocked in `acquire`, if any is.
+    fn unlock_and_wake(&self, pool: MutexGuard<'_, Pool>) {
         let wake = pool.waiting > 0;
         drop(pool);
         if wake {

@@ -315,31 +315,6 @@ unsafe fn host_depthwise_c(
 ) {
     if HOST_DEPTHWISE.load(Ordering::Relaxed) {
         let taps = tap_indices.len().min(offsets.len());
-        let call = |input: *const f32,
-                    output: *mut f32,
-                    kernel: *const f32,
-                    bias: *const f32,
-                    channels: usize,
-                    len: usize| {
-            // SAFETY: an import of the host; it reads the tap lists and the operands at these
-            // guest addresses after checking them against this memory, and writes only the run.
-            unsafe {
-                depthwise_c(
-                    input,
-                    output,
-                    kernel,
-                    tap_indices.as_ptr(),
-                    offsets.as_ptr(),
-                    taps as u32,
-                    bias,
-                    channels as u32,
-                    k_stride as u32,
-                    len as u32,
-                    in_stride as i32,
-                    out_stride as i32,
-                )
-            }
-        };
         // At most MAX_DEPTHWISE_WORK multiply-adds per call, so the deadline's epoch checks
         // here in the guest come around between calls.
         let mut done = 0;
@@ -347,8 +322,24 @@ unsafe fn host_depthwise_c(
             let at = |ptr: *const f32, stride: isize| {
                 ptr.wrapping_offset(p.first as isize * stride).wrapping_add(p.c0)
             };
-            let (inp, out) = (at(input, in_stride), at(output.cast_const(), out_stride).cast_mut());
-            done = call(inp, out, kernel.wrapping_add(p.c0), bias.wrapping_add(p.c0), p.channels, p.len);
+            // SAFETY: an import of the host; it reads the tap lists and the operands at these
+            // guest addresses after checking them against this memory, and writes only the run.
+            done = unsafe {
+                depthwise_c(
+                    at(input, in_stride),
+                    at(output.cast_const(), out_stride).cast_mut(),
+                    kernel.wrapping_add(p.c0),
+                    tap_indices.as_ptr(),
+                    offsets.as_ptr(),
+                    taps as u32,
+                    bias.wrapping_add(p.c0),
+                    p.channels as u32,
+                    k_stride as u32,
+                    p.len as u32,
+                    in_stride as i32,
+                    out_stride as i32,
+                )
+            };
             if done != 0 {
                 break;
             }

@@ -110,7 +110,9 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
         match b {
             None => vec![default],
             Some(Bound::All(v)) => vec![*v],
-            Some(Bound::PerFeature(vs)) => (0..features).map(|i| vs.get(i).copied().unwrap_or(default)).collect(),
+            Some(Bound::PerFeature(vs)) => {
+                (0..features).map(|i| vs.get(i).copied().unwrap_or(default)).collect()
+            }
         }
     };
     let (mins, maxs) = (per_feature(&spec.min, f64::NEG_INFINITY), per_feature(&spec.max, f64::INFINITY));
@@ -122,26 +124,25 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
             InputError::OutOfBounds { name: t.name.clone(), index, value, min, max }
         }
     };
-    let bounds = mins.iter().cycle().zip(maxs.iter().cycle());
-    let ok = |v: f64, (min, max): (&f64, &f64)| v.is_finite() && v >= *min && v <= *max;
     // f32, the common case, in one tight pass over the bytes; the rest through `value_f64`.
-    if t.dtype == DType::F32 {
+    let bad = if t.dtype == DType::F32 {
         let values = t.data.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-        if let Some((index, value)) =
-            values.zip(bounds).enumerate().find_map(|(i, (v, b))| (!ok(v, b)).then_some((i, v)))
-        {
-            return Err(refuse(index, value));
-        }
-        return Ok(());
-    }
-    let count = t.data.len() / t.dtype.size();
-    let values = (0..count).map(|i| t.value_f64(i).unwrap_or(f64::NAN));
-    if let Some((index, value)) =
-        values.zip(bounds).enumerate().find_map(|(i, (v, b))| (!ok(v, b)).then_some((i, v)))
-    {
-        return Err(refuse(index, value));
-    }
-    Ok(())
+        first_bad(values, &mins, &maxs)
+    } else {
+        let values = (0..t.data.len() / t.dtype.size()).map(|i| t.value_f64(i).unwrap_or(f64::NAN));
+        first_bad(values, &mins, &maxs)
+    };
+    bad.map_or(Ok(()), |(index, value)| Err(refuse(index, value)))
+}
+
+/// The index and value of the first value that is not finite or lies outside its bounds; value
+/// `i` has the bounds `mins[i % mins.len()]` and `maxs[i % maxs.len()]`.
+fn first_bad(values: impl Iterator<Item = f64>, mins: &[f64], maxs: &[f64]) -> Option<(usize, f64)> {
+    let bounds = mins.iter().cycle().zip(maxs.iter().cycle());
+    values
+        .zip(bounds)
+        .enumerate()
+        .find_map(|(i, (v, (min, max)))| (!(v.is_finite() && v >= *min && v <= *max)).then_some((i, v)))
 }
 
 #[cfg(test)]
@@ -168,7 +169,10 @@ mod tests {
         v[10] = 6.0; // feature 2 again: over its max
         v[11] = f32::NAN;
         let err = check_values(&s, &Tensor::from_f32("x", &[3, 4], &v)).unwrap_err();
-        assert_eq!(err, InputError::OutOfBounds { name: "x".into(), index: 10, value: 6.0, min: 0.0, max: 5.0 });
+        assert_eq!(
+            err,
+            InputError::OutOfBounds { name: "x".into(), index: 10, value: 6.0, min: 0.0, max: 5.0 }
+        );
         v[5] = f32::INFINITY;
         let err = check_values(&s, &Tensor::from_f32("x", &[3, 4], &v)).unwrap_err();
         assert_eq!(err, InputError::NotFinite { name: "x".into(), index: 5 });
@@ -178,9 +182,18 @@ mod tests {
 
         let s = spec(DType::I64, Some(Bound::All(-2.0)), per(&[10.0, 3.0]));
         let err = check_values(&s, &Tensor::from_i64("x", &[2, 2], &[1, 3, 4, 4])).unwrap_err();
-        assert_eq!(err, InputError::OutOfBounds { name: "x".into(), index: 3, value: 4.0, min: -2.0, max: 3.0 });
+        assert_eq!(
+            err,
+            InputError::OutOfBounds { name: "x".into(), index: 3, value: 4.0, min: -2.0, max: 3.0 }
+        );
         let err = check_values(&s, &Tensor::from_i64("x", &[2, 2], &[1, 3, -3, 0])).unwrap_err();
-        assert_eq!(err, InputError::OutOfBounds { name: "x".into(), index: 2, value: -3.0, min: -2.0, max: 10.0 });
-        assert_eq!(check_values(&spec(DType::I64, None, None), &Tensor::from_i64("x", &[1], &[i64::MAX])), Ok(()));
+        assert_eq!(
+            err,
+            InputError::OutOfBounds { name: "x".into(), index: 2, value: -3.0, min: -2.0, max: 10.0 }
+        );
+        assert_eq!(
+            check_values(&spec(DType::I64, None, None), &Tensor::from_i64("x", &[1], &[i64::MAX])),
+            Ok(())
+        );
     }
 }

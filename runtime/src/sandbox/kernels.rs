@@ -160,7 +160,8 @@ impl HostKernels {
         // 32-bit guest's memory has more than 2^32 elements; anything larger is refused here,
         // before tract's cost model (or ours) multiplies them in `usize`.
         let (dm, dk, dn) = (dim(m).unwrap_or(1), dim(k).unwrap_or(1), dim(n).unwrap_or(1));
-        if [dm.saturating_mul(dk), dk.saturating_mul(dn), dm.saturating_mul(dn)].iter().any(|e| *e > 1 << 32) {
+        if [dm.saturating_mul(dk), dk.saturating_mul(dn), dm.saturating_mul(dn)].iter().any(|e| *e > 1 << 32)
+        {
             return -1;
         }
         let query = Query::plain(DatumType::F32, dim(m), dim(k), dim(n));
@@ -552,11 +553,18 @@ mod tests {
         let tiles = |k: &Native| 32usize.div_ceil(k.mr) * 784usize.div_ceil(k.nr);
         assert!(tiles(a) <= tiles(b), "{a:?}: {} tiles against {b:?}: {}", tiles(a), tiles(b));
         if b.mr > 32 {
-            assert!(tiles(a) < tiles(b), "tract's {b:?} is taller than the product, ours {a:?} is not better");
+            assert!(
+                tiles(a) < tiles(b),
+                "tract's {b:?} is taller than the product, ours {a:?} is not better"
+            );
         }
         for (m, k, n) in [(1024, 1024, 64), (512, 512, 512)] {
             let ours = usize::try_from(kernels.pick(m as i64, k as i64, n as i64)).unwrap();
-            assert_eq!(Some(ours), native(m, k, n), "{m}x{k}x{n}: the multiply-adds dominate, tract's choice stands");
+            assert_eq!(
+                Some(ours),
+                native(m, k, n),
+                "{m}x{k}x{n}: the multiply-adds dominate, tract's choice stands"
+            );
         }
     }
 }

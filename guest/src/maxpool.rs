@@ -119,28 +119,50 @@ fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
     }
 }
 
-/// [`pool_row`] four outputs at a time; returns how many it wrote.
+/// [`pool_row`] four outputs at a time; returns how many it wrote. A row whose length is not a
+/// multiple of four ends with one overlapping step over its last four outputs (each output is a
+/// function of its own taps, so writing one twice writes the same value), so that no scalar
+/// tail is left: the CNN's rows are 14 and 7 outputs long.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn vectorized(r0: &[f32], r1: &[f32], out: &mut [f32]) -> usize {
     use std::arch::wasm32::*;
-    let even = |v: &[f32]| f32x4(v[0], v[2], v[4], v[6]);
-    let odd = |v: &[f32]| f32x4(v[1], v[3], v[5], v[7]);
-    let mut x = 0;
-    // `f32x4_pmax(m, v)` is `m < v ? v : m`, lane by lane: the same fold.
-    while x + 4 <= out.len() {
-        let (a, b) = (&r0[2 * x..2 * x + 8], &r1[2 * x..2 * x + 8]);
+    // Eight taps as two contiguous loads, then split into even and odd lanes.
+    let split = |v: &[f32]| {
+        let v: &[f32; 8] = v.try_into().unwrap_or(&[f32::NAN; 8]);
+        let lo = f32x4(v[0], v[1], v[2], v[3]);
+        let hi = f32x4(v[4], v[5], v[6], v[7]);
+        (i32x4_shuffle::<0, 2, 4, 6>(lo, hi), i32x4_shuffle::<1, 3, 5, 7>(lo, hi))
+    };
+    let step = |x: usize, out: &mut [f32]| {
+        let (a_even, a_odd) = split(&r0[2 * x..2 * x + 8]);
+        let (b_even, b_odd) = split(&r1[2 * x..2 * x + 8]);
+        // `f32x4_pmax(m, v)` is `m < v ? v : m`, lane by lane: the same fold, in the same order.
         let mut m = f32x4_splat(f32::MIN);
-        m = f32x4_pmax(m, even(a));
-        m = f32x4_pmax(m, odd(a));
-        m = f32x4_pmax(m, even(b));
-        m = f32x4_pmax(m, odd(b));
-        out[x] = f32x4_extract_lane::<0>(m);
-        out[x + 1] = f32x4_extract_lane::<1>(m);
-        out[x + 2] = f32x4_extract_lane::<2>(m);
-        out[x + 3] = f32x4_extract_lane::<3>(m);
+        m = f32x4_pmax(m, a_even);
+        m = f32x4_pmax(m, a_odd);
+        m = f32x4_pmax(m, b_even);
+        m = f32x4_pmax(m, b_odd);
+        let lanes = [
+            f32x4_extract_lane::<0>(m),
+            f32x4_extract_lane::<1>(m),
+            f32x4_extract_lane::<2>(m),
+            f32x4_extract_lane::<3>(m),
+        ];
+        out[x..x + 4].copy_from_slice(&lanes);
+    };
+    let n = out.len();
+    if n < 4 {
+        return 0;
+    }
+    let mut x = 0;
+    while x + 4 <= n {
+        step(x, out);
         x += 4;
     }
-    x
+    if x < n {
+        step(n - 4, out);
+    }
+    n
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]

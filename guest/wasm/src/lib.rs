@@ -7,7 +7,7 @@
 
 mod kernels;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,32 +37,40 @@ pub(crate) fn zero_allocations(on: bool) {
     ZEROING.store(on, Ordering::Relaxed);
 }
 
-// SAFETY: every method forwards to `System` with the caller's own arguments, so `System`'s
-// guarantees hold; `realloc` additionally writes zeros only inside the new block, past the part
-// that `System::realloc` copied from the old one.
+/// The allocator underneath: talc, in place of wasi-libc's dlmalloc (`System`), whose `malloc`
+/// and `free` took a tenth of a small model's time in the guest (benches/README.md).
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+// SAFETY: every method forwards to `TALC` with the caller's own arguments, so its guarantees
+// hold; `realloc` additionally writes zeros only inside the new block, past the part that
+// `TALC.realloc` copied from the old one.
 unsafe impl GlobalAlloc for Zeroed {
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is (see above).
         unsafe {
-            if ZEROING.load(Ordering::Relaxed) { System.alloc_zeroed(layout) } else { System.alloc(layout) }
+            if ZEROING.load(Ordering::Relaxed) { TALC.alloc_zeroed(layout) } else { TALC.alloc(layout) }
         }
     }
 
+    #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is (see above).
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { TALC.alloc_zeroed(layout) }
     }
 
+    #[inline(never)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as is (see above).
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { TALC.dealloc(ptr, layout) }
     }
 
+    #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is; on success the block holds `new_size` bytes, of which the
         // first `min(old, new)` were copied, so zeroing `old..new` stays inside it.
         unsafe {
-            let new = System.realloc(ptr, layout, new_size);
+            let new = TALC.realloc(ptr, layout, new_size);
             if !new.is_null() && new_size > layout.size() && ZEROING.load(Ordering::Relaxed) {
                 new.add(layout.size()).write_bytes(0, new_size - layout.size());
             }

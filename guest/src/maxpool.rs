@@ -126,9 +126,10 @@ fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn vectorized(r0: &[f32], r1: &[f32], out: &mut [f32]) -> usize {
     use std::arch::wasm32::*;
-    // Eight taps as two contiguous loads, then split into even and odd lanes.
+    // Eight taps as two contiguous loads, then split into even and odd lanes. `step` only
+    // takes `x <= n - 4`, and both rows hold `2n` taps.
     let split = |v: &[f32]| {
-        let v: &[f32; 8] = v.try_into().unwrap_or(&[f32::NAN; 8]);
+        let v: &[f32; 8] = v.try_into().expect("eight taps");
         let lo = f32x4(v[0], v[1], v[2], v[3]);
         let hi = f32x4(v[4], v[5], v[6], v[7]);
         (i32x4_shuffle::<0, 2, 4, 6>(lo, hi), i32x4_shuffle::<1, 3, 5, 7>(lo, hi))

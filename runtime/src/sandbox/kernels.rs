@@ -151,7 +151,8 @@ impl HostKernels {
             return -1;
         }
         let dim = |d: i64| usize::try_from(d).ok();
-        if let (Some(m), Some(k), Some(n)) = (dim(m), dim(k), dim(n))
+        let (m, k, n) = (dim(m), dim(k), dim(n));
+        if let (Some(m), Some(k), Some(n)) = (m, k, n)
             && m.saturating_mul(k).saturating_mul(n) < MIN_NATIVE_MACS
         {
             return -1;
@@ -159,18 +160,18 @@ impl HostKernels {
         // The dimensions come from the guest. No operand or result of a product that fits in a
         // 32-bit guest's memory has more than 2^32 elements; anything larger is refused here,
         // before tract's cost model (or ours) multiplies them in `usize`.
-        let (dm, dk, dn) = (dim(m).unwrap_or(1), dim(k).unwrap_or(1), dim(n).unwrap_or(1));
+        let (dm, dk, dn) = (m.unwrap_or(1), k.unwrap_or(1), n.unwrap_or(1));
         if [dm.saturating_mul(dk), dk.saturating_mul(dn), dm.saturating_mul(dn)].iter().any(|e| *e > 1 << 32)
         {
             return -1;
         }
-        let query = Query::plain(DatumType::F32, dim(m), dim(k), dim(n));
+        let query = Query::plain(DatumType::F32, m, k, n);
         let Some((mmm, packing, extractor)) = MmmDispatch::native().pick(&query) else { return -1 };
         if packing != 0 || extractor.is_some() {
             return -1;
         }
-        let Some(native) = self.kernels.iter().position(|k| k.name == mmm.name()) else { return -1 };
-        let chosen = match (dim(m), dim(k), dim(n)) {
+        let Some(native) = self.kernels.iter().position(|ker| ker.name == mmm.name()) else { return -1 };
+        let chosen = match (m, k, n) {
             (Some(m), Some(k), Some(n)) => self.cheapest_in_the_sandbox(native, m, k, n),
             _ => native,
         };

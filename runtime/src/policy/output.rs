@@ -45,35 +45,82 @@ pub fn check_outputs(manifest: &Manifest, outputs: Vec<Tensor>) -> Result<Vec<Te
 /// last axis (others become 0), then round to multiples of `step`. Integer and bool outputs
 /// (labels) pass unchanged. With `dangerous_full_precision` and no `top_k`/`step`, nothing changes.
 pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
+    if policy.top_k.is_none() && policy.step.is_none() {
+        // Full precision: nothing to change, so nothing is decoded or copied.
+        return;
+    }
+    // One row (or block of values) at a time, decoded into `line` and encoded back in place:
+    // no copy of the whole output, and the same f64 arithmetic as on whole tensors.
+    let (mut line, mut order) = (Vec::new(), Vec::new());
     for t in outputs.iter_mut().filter(|t| t.dtype.is_float()) {
-        let mut values: Vec<f64> =
-            (0..element_count(&t.shape).unwrap_or(0)).filter_map(|i| t.value_f64(i)).collect();
-        if let (Some(k), Some(&row)) = (policy.top_k, t.shape.last()) {
-            let (k, row) = (k as usize, row as usize);
-            if row > k {
-                let mut order: Vec<usize> = Vec::with_capacity(row);
-                for chunk in values.chunks_mut(row) {
-                    keep_top_k(chunk, k, &mut order);
+        let (dtype, size) = (t.dtype, t.dtype.size());
+        let top_k = match (policy.top_k, t.shape.last()) {
+            (Some(k), Some(&row)) if row > u64::from(k) => {
+                usize::try_from(row).ok().map(|row| (k as usize, row))
+            }
+            _ => None,
+        };
+        let block = top_k.map_or(4096, |(_, row)| row);
+        for bytes in t.data.chunks_mut(block * size) {
+            line.clear();
+            line.extend(bytes.chunks_exact(size).map(|b| match dtype {
+                DType::F32 => f64::from(f32::from_le_bytes(b.try_into().expect("four bytes"))),
+                _ => f64::from_le_bytes(b.try_into().expect("eight bytes")),
+            }));
+            if let Some((k, _)) = top_k {
+                keep_top_k(&mut line, k, &mut order);
+            }
+            if let Some(step) = policy.step {
+                for v in &mut line {
+                    *v = (*v / step).round() * step;
+                }
+            }
+            for (b, v) in bytes.chunks_exact_mut(size).zip(&line) {
+                match dtype {
+                    DType::F32 => b.copy_from_slice(&(*v as f32).to_le_bytes()),
+                    _ => b.copy_from_slice(&v.to_le_bytes()),
                 }
             }
         }
-        if let Some(step) = policy.step {
-            for v in &mut values {
-                *v = (*v / step).round() * step;
-            }
-        }
-        t.data = match t.dtype {
-            DType::F32 => values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
-            _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
     }
 }
+
+/// Up to this `k`, [`keep_top_k`] keeps a sorted list of the best `k` in one pass over the row;
+/// above it, it selects over an index array.
+const SMALL_K: usize = 16;
 
 /// Sets all but the `k` largest values of `row` to 0 (`k < row.len()`); of equal values the
 /// earlier ones are kept. A selection, not a sort: linear in the row, which matters for rows of
 /// thousands of classes (PP-OCR recognition: 40 rows of 6,625). `order` is scratch space.
 fn keep_top_k(row: &mut [f64], k: usize, order: &mut Vec<usize>) {
+    use std::cmp::Ordering::{Greater, Less};
     order.clear();
+    if k == 0 {
+        row.fill(0.0);
+        return;
+    }
+    if k <= SMALL_K {
+        // `order`: the best so far, largest first and, among equal values, earlier first. A
+        // later value enters only if strictly larger than the last kept (ties keep the earlier).
+        for (i, v) in row.iter().enumerate() {
+            if order.len() == k {
+                if v.total_cmp(&row[order[k - 1]]) != Greater {
+                    continue;
+                }
+                order.pop();
+            }
+            let at = order.iter().position(|&j| row[j].total_cmp(v) == Less).unwrap_or(order.len());
+            order.insert(at, i);
+        }
+        order.sort_unstable();
+        let mut kept = order.iter().copied().peekable();
+        for (i, v) in row.iter_mut().enumerate() {
+            if kept.next_if_eq(&i).is_none() {
+                *v = 0.0;
+            }
+        }
+        return;
+    }
     order.extend(0..row.len());
     // Largest first, then by index: a total order, so the first k are exactly the kept set.
     order.select_nth_unstable_by(k, |a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
@@ -99,7 +146,7 @@ mod tests {
             seed
         };
         let mut order = Vec::new();
-        for len in [2usize, 3, 7, 64, 6625] {
+        for len in [2usize, 3, 7, 17, 64, 6625] {
             let row: Vec<f64> = (0..len)
                 .map(|_| match next() % 10 {
                     0 => f64::INFINITY,
@@ -107,7 +154,9 @@ mod tests {
                     n => (n % 4) as f64 - 1.5,
                 })
                 .collect();
-            for k in (0..len).step_by((len / 7).max(1)) {
+            // Every k up to past the one-pass limit, then a spread of larger ones.
+            let ks = (0..len.min(SMALL_K + 3)).chain((0..len).step_by((len / 7).max(1)));
+            for k in ks {
                 let mut sorted: Vec<usize> = (0..len).collect();
                 sorted.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
                 let mut want = row.clone();
@@ -131,6 +180,37 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{got:?}");
         }
+    }
+
+    /// Step alone, over more values than one block, f32 and f64: each value rounded on its own.
+    #[test]
+    fn step_rounds_every_value_in_every_block() {
+        let policy = OutputPolicy { top_k: None, step: Some(0.25), dangerous_full_precision: false };
+        let values: Vec<f64> = (0..10_007).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+        let f32_data = values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+        let f64_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = vec![values.len() as u64];
+        let mut t = [
+            Tensor { name: "a".into(), dtype: DType::F32, shape: shape.clone(), data: f32_data },
+            Tensor { name: "b".into(), dtype: DType::F64, shape, data: f64_data },
+        ];
+        apply_output_policy(&policy, &mut t);
+        for (i, v) in values.iter().enumerate() {
+            let want32 = ((f64::from(*v as f32) / 0.25).round() * 0.25) as f32;
+            assert_eq!(t[0].value_f64(i), Some(f64::from(want32)), "f32 {i}");
+            assert_eq!(t[1].value_f64(i), Some((v / 0.25).round() * 0.25), "f64 {i}");
+        }
+    }
+
+    /// Without top-k or step, outputs keep their exact bits (a signalling NaN included).
+    #[test]
+    fn full_precision_leaves_outputs_untouched() {
+        let policy = OutputPolicy { top_k: None, step: None, dangerous_full_precision: true };
+        let data: Vec<u8> =
+            [0x7fa0_0001u32, 0x3f80_0000, 0xff80_0000].iter().flat_map(|b| b.to_le_bytes()).collect();
+        let mut t = [Tensor { name: "p".into(), dtype: DType::F32, shape: vec![3], data: data.clone() }];
+        apply_output_policy(&policy, &mut t);
+        assert_eq!(t[0].data, data);
     }
 
     #[test]

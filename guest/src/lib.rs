@@ -6,14 +6,17 @@
 //! nothing: no files, no network, no environment, no arguments.
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox
-//! with native tract running identical code, except for three ops the WebAssembly build swaps
+//! with native tract running identical code, except for four ops the WebAssembly build swaps
 //! in: a vectorized 2x2 stride-2 max-pool (`maxpool`), where tract's own calls `fmaxf` per
-//! element, f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own calls the
-//! op through a function pointer per element, and the lazy im2col gather (`im2col`), where
-//! tract's own loads and stores one value at a time. All three give tract's results bit for bit.
+//! element; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own calls the
+//! op through a function pointer per element; the lazy im2col gather (`im2col`), where tract's
+//! own loads and stores one value at a time; and the transposing pack of a matrix product's
+//! operand (`pack`), where tract's own 4x4 tiles are scalar in WebAssembly. All four give
+//! tract's results bit for bit.
 //!
-//! Unsafe code is denied everywhere but in `im2col`, which writes into the panel buffer tract's
-//! matrix product hands it as a raw pointer.
+//! Unsafe code is denied everywhere but in `im2col` and `pack`, which write packed panels
+//! through raw pointers as tract's own packing code does, reading only what a probe of tract's
+//! op proved in bounds.
 #![deny(unsafe_code)]
 
 mod engine;
@@ -22,6 +25,8 @@ mod engine;
 mod im2col;
 #[cfg(any(target_arch = "wasm32", test))]
 mod maxpool;
+#[cfg(any(target_arch = "wasm32", test))]
+mod pack;
 #[cfg(any(target_arch = "wasm32", test))]
 mod rowbin;
 

@@ -1,0 +1,394 @@
+//! tract's transposing pack of a matrix product's operand, with 128-bit 4x4 transposes.
+//!
+//! Before a matrix product, tract packs its activation operand into panels of `r` columns, `k`
+//! rows each. When the operand's `k` axis is the contiguous one (a pointwise convolution over
+//! channel-last data, the layout tract picks in WebAssembly around depthwise convolutions),
+//! the pack is a transpose, which tract 0.23.9 does in 4x4 tiles: with NEON on ARM, and one
+//! value at a time in WebAssembly. It took about 3% of PP-OCR recognition's time.
+//!
+//! [`TransposePack`] replaces tract's `OptMatMulPack` in exactly that case, found the same way
+//! as in `im2col`: at load it runs tract's op once on a probe input whose every element holds
+//! its own index and proves that every packed place holds `base + column * stride + row`
+//! (the transposing layout). It then packs with the same tiles and tails as tract, each tile
+//! four 128-bit loads, eight shuffles and four stores. The values written, and where, are
+//! tract's, bit for bit; any other case keeps tract's op. Only the WebAssembly build swaps it
+//! in ([`swapped_in`]), so native tract stays what the benchmarks compare against.
+#![allow(unsafe_code)]
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::tract_linalg::mmm::{
+    EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+};
+use tract_onnx::tract_core::tract_linalg::pack::PackedFormat;
+
+/// The name tract 0.23.9 gives its op.
+const TRACT_OP: &str = "OptMatMulPack";
+
+/// Probe values are input indices stored as f32: exact below 2^24.
+const MAX_PROBE_ELEMENTS: usize = 1 << 24;
+
+/// `model` with every transposing pack that passes the probe replaced by [`TransposePack`].
+pub fn swapped_in(mut model: TypedModel) -> TypedModel {
+    for id in 0..model.nodes.len() {
+        if model.nodes[id].op.name() != TRACT_OP {
+            continue;
+        }
+        if let Ok(Some(op)) = TransposePack::probe(&model, id) {
+            model.nodes[id].op = Box::new(op);
+        }
+    }
+    model
+}
+
+/// One packed matrix: panel `p`, row `kk`, column `x` holds input element
+/// `base + (p * r + x) * stride + kk`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Matrix {
+    base: usize,
+    fact: PackedExoticFact,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Plan {
+    /// Elements in the input tensor.
+    len: usize,
+    r: usize,
+    k: usize,
+    mn: usize,
+    /// Input elements between two columns (the `mn` axis).
+    stride: usize,
+    /// f32s from one panel to the next.
+    panel_len: usize,
+    align: usize,
+    matrices: Vec<Matrix>,
+    batch_shape: TVec<usize>,
+}
+
+/// tract's `OptMatMulPack`, for an operand whose `k` axis is contiguous, with vector
+/// transposes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TransposePack {
+    plan: Arc<Plan>,
+    fact: TypedFact,
+}
+
+impl TransposePack {
+    /// Runs node `id`'s op (tract's pack) on a probe input; `Some` if every packed place holds
+    /// what the transposing layout says.
+    fn probe(model: &TypedModel, id: usize) -> TractResult<Option<TransposePack>> {
+        let node = &model.nodes[id];
+        let ([input], [output]) = (&node.inputs[..], &node.outputs[..]) else { return Ok(None) };
+        let input_fact = model.outlet_fact(*input)?;
+        let Some(shape) = input_fact.shape.as_concrete() else { return Ok(None) };
+        let len: usize = shape.iter().product();
+        if input_fact.datum_type != f32::datum_type() || len == 0 || len > MAX_PROBE_ELEMENTS {
+            return Ok(None);
+        }
+        let probe = Tensor::from_shape(shape, &(0..len).map(|i| i as f32).collect::<Vec<f32>>())?;
+        let Some(out) = node.op.eval_out_of_plan(tvec!(probe.into_tvalue()))? else { return Ok(None) };
+        let storage = out[0].try_storage_as::<PackedMatrixStorage>()?;
+        let mut plan: Option<Plan> = None;
+        for value in storage.values() {
+            let Some(packed) = value.downcast_ref::<EagerPackedInput>() else { return Ok(None) };
+            let Some(format) = packed.fact.format.downcast_ref::<PackedFormat>() else { return Ok(None) };
+            let (r, k, mn) = (format.r, packed.fact.k, packed.mn);
+            let panel_len = format.single_panel_len(k);
+            let bytes = packed.packed.as_bytes();
+            let ok = format.dt == f32::datum_type()
+                && r > 1
+                && k > 1
+                && mn > 1
+                && packed.panel_bytes == panel_len * 4
+                && bytes.len() >= mn.div_ceil(r) * panel_len * 4;
+            if !ok {
+                return Ok(None);
+            }
+            let at = |p: usize, kk: usize, x: usize| {
+                let b = &bytes[(p * panel_len + kk * r + x) * 4..][..4];
+                f32::from_ne_bytes(b.try_into().expect("four bytes"))
+            };
+            let (base, next) = (at(0, 0, 0), at(0, 0, 1));
+            if at(0, 1, 0) != base + 1.0 || next <= base + 1.0 {
+                return Ok(None);
+            }
+            let (base, stride) = (base as usize, (next - base) as usize);
+            // Every real place: panel p, row kk < k, column x < the panel's width.
+            for p in 0..mn.div_ceil(r) {
+                for kk in 0..k {
+                    for x in 0..r.min(mn - p * r) {
+                        let want = base + (p * r + x) * stride + kk;
+                        if want >= len || at(p, kk, x) != want as f32 {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            let matrix = Matrix { base, fact: packed.fact.clone() };
+            let plan = plan.get_or_insert_with(|| Plan {
+                len,
+                r,
+                k,
+                mn,
+                stride,
+                panel_len,
+                align: format.alignment_bytes.max(align_of::<f32>()),
+                matrices: Vec::new(),
+                batch_shape: storage.batch_shape().into(),
+            });
+            if (plan.r, plan.k, plan.mn, plan.stride, plan.panel_len) != (r, k, mn, stride, panel_len) {
+                return Ok(None);
+            }
+            plan.matrices.push(matrix);
+        }
+        Ok(plan.map(|plan| TransposePack { plan: Arc::new(plan), fact: output.fact.clone() }))
+    }
+}
+
+impl Op for TransposePack {
+    fn name(&self) -> StaticName {
+        "WardenTransposePack".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let p = &self.plan;
+        Ok(vec![format!("k={} mn={} r={} stride={} matrices={}", p.k, p.mn, p.r, p.stride, p.matrices.len())])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for TransposePack {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let plan = &*self.plan;
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        ensure!(
+            x.len() == plan.len,
+            "transposing pack planned for {} f32 values, given {}",
+            plan.len,
+            x.len()
+        );
+        let panels = plan.mn.div_ceil(plan.r);
+        let size = panels * plan.panel_len * 4;
+        let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(plan.matrices.len());
+        for matrix in &plan.matrices {
+            // SAFETY: `Blob` hands out uninitialized bytes; each is written below before
+            // anything reads it: the places no value goes to are zeroed first (as tract zeroes
+            // a partial last panel), then `pack_panel` writes every other one.
+            let mut blob = unsafe { Blob::new_for_size_and_align(size, plan.align) };
+            let bytes = blob.as_bytes_mut();
+            for p in 0..panels {
+                let (start, width) = (p * plan.panel_len, plan.r.min(plan.mn - p * plan.r));
+                bytes[(start + plan.k * plan.r) * 4..(start + plan.panel_len) * 4].fill(0);
+                if width < plan.r {
+                    for line in bytes[start * 4..(start + plan.k * plan.r) * 4].chunks_exact_mut(plan.r * 4) {
+                        line[width * 4..].fill(0);
+                    }
+                }
+            }
+            let out = bytes.as_mut_ptr().cast::<f32>();
+            ensure!(out.align_offset(align_of::<f32>()) == 0, "transposing pack buffer");
+            for p in 0..panels {
+                // SAFETY: the probe proved that for every panel `p`, row `kk < k` and column
+                // `x <` the panel's width, `base + (p * r + x) * stride + kk` is an index of an
+                // input of `plan.len` elements, which `x` has; `pack_panel` reads only those.
+                // It writes `p * panel_len + kk * r + x` for the same ranges, inside `size`.
+                unsafe {
+                    pack_panel(
+                        x.as_ptr().add(matrix.base + p * plan.r * plan.stride),
+                        out.add(p * plan.panel_len),
+                        plan,
+                        plan.r.min(plan.mn - p * plan.r),
+                    )
+                };
+            }
+            values.push(Box::new(EagerPackedInput {
+                fact: matrix.fact.clone(),
+                packed: Arc::new(blob),
+                panel_bytes: plan.panel_len * 4,
+                mn: plan.mn,
+            }));
+        }
+        let output =
+            PackedMatrixStorage::new_batched(&plan.batch_shape, values).into_tensor(f32::datum_type());
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for TransposePack {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        // tract's own fact, kept from the node replaced.
+        Ok(tvec!(self.fact.clone()))
+    }
+
+    as_op!();
+}
+
+/// One panel, as tract's `pack_k_major` lays it out: `dst[kk * r + x] = src[x * stride + kk]`
+/// for `kk < k`, `x < width`; 4x4 tiles first, then the rows and columns left over.
+///
+/// # Safety
+/// Every index named above must be inside `src`'s and `dst`'s allocations.
+unsafe fn pack_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) {
+    let (r, k, stride) = (plan.r, plan.k, plan.stride);
+    let (tiled_k, tiled_x) = (k / 4 * 4, width / 4 * 4);
+    unsafe {
+        for kk in (0..tiled_k).step_by(4) {
+            for x in (0..tiled_x).step_by(4) {
+                transpose4x4(src.add(x * stride + kk), stride, dst.add(kk * r + x), r);
+            }
+        }
+        for kk in tiled_k..k {
+            for x in 0..tiled_x {
+                *dst.add(kk * r + x) = *src.add(x * stride + kk);
+            }
+        }
+        for x in tiled_x..width {
+            let column = src.add(x * stride);
+            for kk in 0..k {
+                *dst.add(kk * r + x) = *column.add(kk);
+            }
+        }
+    }
+}
+
+/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i, j < 4`.
+#[inline(always)]
+unsafe fn transpose4x4(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    unsafe {
+        use std::arch::wasm32::{i32x4_shuffle, i64x2_shuffle, v128, v128_load, v128_store};
+        let load = |i: usize| v128_load(src.add(i * src_stride).cast::<v128>());
+        let (a, b, c, d) = (load(0), load(1), load(2), load(3));
+        let ab_lo = i32x4_shuffle::<0, 4, 1, 5>(a, b); // a0 b0 a1 b1
+        let ab_hi = i32x4_shuffle::<2, 6, 3, 7>(a, b); // a2 b2 a3 b3
+        let cd_lo = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+        let cd_hi = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+        let store = |j: usize, v: v128| v128_store(dst.add(j * dst_stride).cast::<v128>(), v);
+        store(0, i64x2_shuffle::<0, 2>(ab_lo, cd_lo));
+        store(1, i64x2_shuffle::<1, 3>(ab_lo, cd_lo));
+        store(2, i64x2_shuffle::<0, 2>(ab_hi, cd_hi));
+        store(3, i64x2_shuffle::<1, 3>(ab_hi, cd_hi));
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    unsafe {
+        for i in 0..4 {
+            for j in 0..4 {
+                *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+
+    fn weights(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.125).collect()
+    }
+
+    /// `W[m, k] . X[n, k]^T`: the operand's `k` axis is its contiguous one.
+    fn product(m: usize, k: usize, n: usize) -> (TypedModel, Vec<usize>) {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([n, k])).unwrap();
+        let w = model.add_const("w", Tensor::from_shape(&[m, k], &weights(m * k)).unwrap()).unwrap();
+        let einsum = EinSum::new("mk,nk->mn".parse().unwrap(), f32::datum_type());
+        let out = model.wire_node("mm", einsum, &[w, x]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        (model, vec![n, k])
+    }
+
+    /// A pointwise convolution over channel-last data (PP-OCR's, in WebAssembly).
+    fn pointwise(c: usize, h: usize, w: usize, co: usize) -> (TypedModel, Vec<usize>) {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, h, w, c])).unwrap();
+        let kernel =
+            model.add_const("w", Tensor::from_shape(&[co, c, 1, 1], &weights(co * c)).unwrap()).unwrap();
+        let bias = model.add_const("b", Tensor::from_shape(&[co], &weights(co)).unwrap()).unwrap();
+        let pool_spec = PoolSpec::new(DataFormat::NHWC, tvec!(1, 1), PaddingSpec::Valid, None, None, c, co);
+        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: 1, q_params: None };
+        let out = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        (model, vec![1, h, w, c])
+    }
+
+    /// Each product through tract's pack and through [`TransposePack`], natively: the same
+    /// outputs bit for bit. Sizes with and without a partial last panel, with `k` a multiple of
+    /// four and not, and wider and narrower than a tile.
+    #[test]
+    fn packs_what_tracts_transposing_pack_packs() {
+        let cases = [
+            ("product 64x96x40", product(64, 96, 40)),
+            ("product 16x7x13", product(16, 7, 13)),
+            ("product 33x130x5", product(33, 130, 5)),
+            ("pointwise 16 -> 32 over 6x10", pointwise(16, 6, 10, 32)),
+            ("pointwise 10 -> 24 over 3x7", pointwise(10, 3, 7, 24)),
+        ];
+        for (what, (model, shape)) in cases {
+            let optimized = model.into_optimized().unwrap();
+            let packs = optimized.nodes.iter().filter(|n| n.op.name() == TRACT_OP).count();
+            let len: usize = shape.iter().product();
+            let values: Vec<f32> = (0..len)
+                .map(|i| match i % 13 {
+                    5 => -0.0,
+                    k => (k as f32 - 6.0) * 0.3 + (i / 13) as f32 * 0.01,
+                })
+                .collect();
+            let input = Tensor::from_shape(&shape, &values).unwrap();
+            let want = optimized.clone().into_runnable().unwrap().run(tvec!(input.clone().into())).unwrap();
+            let swapped = swapped_in(optimized);
+            let ours = swapped.nodes.iter().filter(|n| n.op_is::<TransposePack>()).count();
+            assert!(packs > 0 && ours == packs, "{what}: {ours} of {packs} packs swapped");
+            let got = swapped.into_runnable().unwrap().run(tvec!(input.into())).unwrap();
+            let bits = |t: &TValue| {
+                t.try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got[0]), bits(&want[0]), "{what}");
+        }
+    }
+
+    /// The tile and both tails against the definition, with nothing written outside the panel's
+    /// places.
+    #[test]
+    fn pack_panel_transposes_every_place_once() {
+        for (k, width) in [(8, 8), (7, 6), (4, 3), (3, 4), (9, 1)] {
+            let (r, stride) = (8usize, 11usize);
+            let src: Vec<f32> = (0..width * stride + k).map(|i| i as f32).collect();
+            let plan = Plan {
+                len: src.len(),
+                r,
+                k,
+                mn: width,
+                stride,
+                panel_len: k * r,
+                align: 4,
+                matrices: Vec::new(),
+                batch_shape: tvec!(),
+            };
+            let mut dst = vec![-1.0f32; k * r];
+            unsafe { pack_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
+            for kk in 0..k {
+                for x in 0..r {
+                    let want = if x < width { src[x * stride + kk] } else { -1.0 };
+                    assert_eq!(dst[kk * r + x], want, "k {k} width {width}: row {kk} column {x}");
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use warden::audit::{AuditEntry, AuditLog};
 use warden::policy::{apply_output_policy, check_outputs, validate_inputs};
 use warden::trust::{DeviceRegistry, ReadingVerifier, verify_bundle};
+use warden::wire::manifest::OutputPolicy;
 use warden::wire::reading::{MAX_MESSAGE_LEN, SignedReading, reading_message};
 use warden::{Tensor, trust::TrustStore};
 use warden_tests::{Fixture, motion_reading, root, tensors};
@@ -117,6 +118,23 @@ fn policy(c: &mut Criterion) {
                 BatchSize::LargeInput,
             )
         });
+        // Its output, 40 rows of 6,625 class scores: at full precision (what `compare` serves)
+        // and under the sample bundle's policy (top 3 per row, step 0.01).
+        let outputs = tensors(&fixture.cases[0].outputs);
+        let top3 = OutputPolicy { top_k: Some(3), step: Some(0.01), dangerous_full_precision: false };
+        for (what, policy) in [("full_precision", &manifest.output_policy), ("top3_step", &top3)] {
+            group.bench_function(format!("check_outputs_and_policy/ppocr_rec_{what}"), |b| {
+                b.iter_batched(
+                    || outputs.clone(),
+                    |outputs| {
+                        let mut checked = check_outputs(&manifest, outputs).unwrap();
+                        apply_output_policy(policy, &mut checked);
+                        checked
+                    },
+                    BatchSize::LargeInput,
+                )
+            });
+        }
     } else {
         eprintln!("skipping {}: run python3 models/fetch_public_models.py", rec.display());
     }

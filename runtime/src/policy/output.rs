@@ -51,9 +51,16 @@ pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
     }
     // One row (or block of values) at a time, decoded into `line` and encoded back in place:
     // no copy of the whole output, and the same f64 arithmetic as on whole tensors.
+    let round = |v: f64| policy.step.map_or(v, |step| (v / step).round() * step);
+    // What every value outside a row's top k becomes: 0, rounded like any other value.
+    let dropped = round(0.0);
     let (mut line, mut order) = (Vec::new(), Vec::new());
     for t in outputs.iter_mut().filter(|t| t.dtype.is_float()) {
         let (dtype, size) = (t.dtype, t.dtype.size());
+        let encode = |v: f64, b: &mut [u8]| match dtype {
+            DType::F32 => b.copy_from_slice(&(v as f32).to_le_bytes()),
+            _ => b.copy_from_slice(&v.to_le_bytes()),
+        };
         let top_k = match (policy.top_k, t.shape.last()) {
             (Some(k), Some(&row)) if row > u64::from(k) => {
                 usize::try_from(row).ok().map(|row| (k as usize, row))
@@ -67,37 +74,41 @@ pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
                 DType::F32 => f64::from(f32::from_le_bytes(b.try_into().expect("four bytes"))),
                 _ => f64::from_le_bytes(b.try_into().expect("eight bytes")),
             }));
-            if let Some((k, _)) = top_k {
-                keep_top_k(&mut line, k, &mut order);
-            }
-            if let Some(step) = policy.step {
-                for v in &mut line {
-                    *v = (*v / step).round() * step;
+            match top_k {
+                Some((k, _)) => {
+                    // Only the kept values are rounded; the rest of the row is `dropped`.
+                    if dropped.to_bits() == 0 {
+                        bytes.fill(0);
+                    } else {
+                        bytes.chunks_exact_mut(size).for_each(|b| encode(dropped, b));
+                    }
+                    for &i in top_k_indices(&line, k, &mut order) {
+                        encode(round(line[i]), &mut bytes[i * size..(i + 1) * size]);
+                    }
                 }
-            }
-            for (b, v) in bytes.chunks_exact_mut(size).zip(&line) {
-                match dtype {
-                    DType::F32 => b.copy_from_slice(&(*v as f32).to_le_bytes()),
-                    _ => b.copy_from_slice(&v.to_le_bytes()),
+                None => {
+                    for (b, v) in bytes.chunks_exact_mut(size).zip(&line) {
+                        encode(round(*v), b);
+                    }
                 }
             }
         }
     }
 }
 
-/// Up to this `k`, [`keep_top_k`] keeps a sorted list of the best `k` in one pass over the row;
-/// above it, it selects over an index array.
+/// Up to this `k`, [`top_k_indices`] keeps a sorted list of the best `k` in one pass over the
+/// row; above it, it selects over an index array.
 const SMALL_K: usize = 16;
 
-/// Sets all but the `k` largest values of `row` to 0 (`k < row.len()`); of equal values the
-/// earlier ones are kept. A selection, not a sort: linear in the row, which matters for rows of
-/// thousands of classes (PP-OCR recognition: 40 rows of 6,625). `order` is scratch space.
-fn keep_top_k(row: &mut [f64], k: usize, order: &mut Vec<usize>) {
+/// The indices of the `k` largest values of `row` (`k < row.len()`), in no set order; of equal
+/// values the earlier ones are kept. A selection, not a sort: linear in the row, which matters
+/// for rows of thousands of classes (PP-OCR recognition: 40 rows of 6,625). `order` is scratch
+/// space.
+fn top_k_indices<'o>(row: &[f64], k: usize, order: &'o mut Vec<usize>) -> &'o [usize] {
     use std::cmp::Ordering::{Greater, Less};
     order.clear();
     if k == 0 {
-        row.fill(0.0);
-        return;
+        return order;
     }
     if k <= SMALL_K {
         // `order`: the best so far, largest first and, among equal values, earlier first. A
@@ -112,21 +123,12 @@ fn keep_top_k(row: &mut [f64], k: usize, order: &mut Vec<usize>) {
             let at = order.iter().position(|&j| row[j].total_cmp(v) == Less).unwrap_or(order.len());
             order.insert(at, i);
         }
-        order.sort_unstable();
-        let mut kept = order.iter().copied().peekable();
-        for (i, v) in row.iter_mut().enumerate() {
-            if kept.next_if_eq(&i).is_none() {
-                *v = 0.0;
-            }
-        }
-        return;
+        return order;
     }
     order.extend(0..row.len());
     // Largest first, then by index: a total order, so the first k are exactly the kept set.
     order.select_nth_unstable_by(k, |a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
-    for &i in &order[k..] {
-        row[i] = 0.0;
-    }
+    &order[..k]
 }
 
 #[cfg(test)]
@@ -163,8 +165,10 @@ mod tests {
                 for &i in &sorted[k..] {
                     want[i] = 0.0;
                 }
-                let mut got = row.clone();
-                keep_top_k(&mut got, k, &mut order);
+                let mut got = vec![0.0; len];
+                for &i in top_k_indices(&row, k, &mut order) {
+                    got[i] = row[i];
+                }
                 assert_eq!(got, want, "len {len}, k {k}");
             }
         }

@@ -43,9 +43,9 @@ pub(crate) fn zero_allocations(on: bool) {
 static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 /// Blocks up to this size are recycled by [`Bins`] rather than returned to talc. Small blocks
-/// are where an allocation costs most per byte; with bins up to 64 KiB the bench MLP ran 1.03x
-/// slower (its 4 KiB activations in power-of-two blocks a multiple of 4 KiB apart, likely
-/// aliasing in the host kernel's loads and stores), with 1 KiB 1.00x (benches/README.md).
+/// are where an allocation costs most per byte; with bins up to 64 KiB the bench MLP took 1.066x
+/// the time (4 rounds; its 4 KiB activations then sit in power-of-two blocks, a guess is 4 KiB
+/// aliasing in the host kernel), with bins up to 1 KiB 0.999x (benches/README.md).
 const BIN_MAX: usize = 1 << 10;
 /// Size classes: powers of two from 16 bytes (`1 << BIN_MIN_LOG`) to [`BIN_MAX`].
 const BIN_MIN_LOG: u32 = 4;

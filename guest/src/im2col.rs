@@ -34,21 +34,9 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 /// The name tract 0.23.9 gives its op (the type itself is private to tract-core).
 const TRACT_OP: &str = "LazyIm2col";
 
-/// Probe values are input indices stored as f32: exact below 2^24.
-const MAX_PROBE_ELEMENTS: usize = 1 << 24;
-
 /// `model` with every lazy im2col op that passes the probe replaced by [`SpanIm2Col`].
-pub fn swapped_in(mut model: TypedModel) -> TypedModel {
-    for id in 0..model.nodes.len() {
-        if model.nodes[id].op.name() != TRACT_OP {
-            continue;
-        }
-        let swap = SpanIm2Col::probe(&model, id);
-        if let Ok(Some(op)) = swap {
-            model.nodes[id].op = Box::new(op);
-        }
-    }
-    model
+pub fn swapped_in(model: TypedModel) -> TypedModel {
+    crate::probe::swap_ops(model, TRACT_OP, SpanIm2Col::probe)
 }
 
 /// One stretch of a panel row: `len` values from input elements `src`, `src + step`, ... (plus
@@ -99,22 +87,13 @@ impl SpanIm2Col {
     /// Runs node `id`'s op (tract's lazy im2col) on a probe input and derives the plan that
     /// writes the same panels; `None` if the node is not a case the plan can express exactly.
     fn probe(model: &TypedModel, id: usize) -> TractResult<Option<SpanIm2Col>> {
-        let node = &model.nodes[id];
-        let ([input], [output]) = (&node.inputs[..], &node.outputs[..]) else { return Ok(None) };
-        let input_fact = model.outlet_fact(*input)?;
-        let Some(shape) = input_fact.shape.as_concrete() else { return Ok(None) };
-        let len: usize = shape.iter().product();
-        if input_fact.datum_type != f32::datum_type() || len == 0 || len > MAX_PROBE_ELEMENTS {
-            return Ok(None);
-        }
-        let probe = Tensor::from_shape(shape, &(0..len).map(|i| i as f32).collect::<Vec<f32>>())?;
-        let Some(out) = node.op.eval_out_of_plan(tvec!(probe.into_tvalue()))? else { return Ok(None) };
-        let storage = out[0].try_storage_as::<PackedMatrixStorage>()?;
+        let Some(probe) = crate::probe::probe(model, id)? else { return Ok(None) };
+        let storage = probe.storage()?;
         let values = storage.values();
         let Some(first) = values.first() else { return Ok(None) };
         let (r, k, mn) = (first.format().r(), first.k(), first.mn());
         let Some(layout) = first.scratch_panel_buffer_layout() else { return Ok(None) };
-        Self::from_values(values, storage.batch_shape(), (r, k, mn), layout, len, &output.fact)
+        Self::from_values(values, storage.batch_shape(), (r, k, mn), layout, probe.len, &probe.fact)
     }
 
     fn from_values(
@@ -523,57 +502,9 @@ unsafe fn copy4_every_other(s: *const f32, d: *mut f32) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::nn::DataFormat;
-
-    struct Case {
-        what: &'static str,
-        format: DataFormat,
-        /// Channels, height, width of the input.
-        input: [usize; 3],
-        kernel: [usize; 2],
-        strides: [usize; 2],
-        dilations: [usize; 2],
-        padding: PaddingSpec,
-        group: usize,
-        output_channels: usize,
-    }
-
-    fn conv_model(case: &Case) -> TypedModel {
-        let [c, h, w] = case.input;
-        let [kh, kw] = case.kernel;
-        let shape = match case.format {
-            DataFormat::NHWC => [1, h, w, c],
-            _ => [1, c, h, w],
-        };
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact(shape)).unwrap();
-        let co = case.output_channels;
-        let weights: Vec<f32> =
-            (0..co * c / case.group * kh * kw).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.125).collect();
-        let kernel = model
-            .add_const("w", Tensor::from_shape(&[co, c / case.group, kh, kw], &weights).unwrap())
-            .unwrap();
-        let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.5).collect();
-        let bias = model.add_const("b", Tensor::from_shape(&[co], &bias).unwrap()).unwrap();
-        let pool_spec = PoolSpec::new(
-            case.format,
-            tvec!(kh, kw),
-            case.padding.clone(),
-            Some(tvec!(case.dilations[0], case.dilations[1])),
-            Some(tvec!(case.strides[0], case.strides[1])),
-            c,
-            co,
-        );
-        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: case.group, q_params: None };
-        let out = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
-        model.select_output_outlets(&out).unwrap();
-        model
-    }
-
-    fn bits(t: &TValue) -> Vec<u32> {
-        t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
-    }
+    use crate::probe::tests::{conv, swaps_all_and_matches};
+    use tract_onnx::tract_core::ops::cnn::PaddingSpec::{SameUpper, Valid};
+    use tract_onnx::tract_core::ops::nn::DataFormat::{NCHW, NHWC};
 
     /// Each convolution through tract's lazy im2col and through [`SpanIm2Col`], natively: the
     /// same outputs bit for bit (the matrix products are the same, so any misplaced value would
@@ -581,119 +512,18 @@ mod tests {
     /// dilations, padding, groups, channel-last data and rows narrower and wider than a panel.
     #[test]
     fn gathers_what_tracts_lazy_im2col_gathers() {
-        use DataFormat::{NCHW, NHWC};
-        use PaddingSpec::{SameUpper, Valid};
         let cases = [
-            Case {
-                what: "CNN conv 1",
-                format: NCHW,
-                input: [1, 28, 28],
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                padding: SameUpper,
-                group: 1,
-                output_channels: 32,
-            },
-            Case {
-                what: "CNN conv 2",
-                format: NCHW,
-                input: [32, 14, 14],
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                padding: SameUpper,
-                group: 1,
-                output_channels: 64,
-            },
-            Case {
-                what: "PP-OCR first",
-                format: NCHW,
-                input: [3, 48, 64],
-                kernel: [3, 3],
-                strides: [2, 2],
-                dilations: [1, 1],
-                padding: SameUpper,
-                group: 1,
-                output_channels: 8,
-            },
-            Case {
-                what: "dilated",
-                format: NCHW,
-                input: [4, 9, 11],
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [2, 2],
-                padding: Valid,
-                group: 1,
-                output_channels: 6,
-            },
-            Case {
-                what: "wide row",
-                format: NCHW,
-                input: [2, 5, 33],
-                kernel: [1, 7],
-                strides: [1, 1],
-                dilations: [1, 1],
-                padding: Valid,
-                group: 1,
-                output_channels: 3,
-            },
-            Case {
-                what: "grouped",
-                format: NCHW,
-                input: [4, 10, 10],
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                padding: Valid,
-                group: 2,
-                output_channels: 8,
-            },
-            Case {
-                what: "channel-last",
-                format: NHWC,
-                input: [3, 9, 10],
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                padding: Valid,
-                group: 1,
-                output_channels: 5,
-            },
+            ("CNN conv 1", conv(NCHW, [1, 28, 28], [3, 3], 1, 1, SameUpper, 1, 32)),
+            ("CNN conv 2", conv(NCHW, [32, 14, 14], [3, 3], 1, 1, SameUpper, 1, 64)),
+            ("PP-OCR first", conv(NCHW, [3, 48, 64], [3, 3], 2, 1, SameUpper, 1, 8)),
+            ("dilated", conv(NCHW, [4, 9, 11], [3, 3], 1, 2, Valid, 1, 6)),
+            ("wide row", conv(NCHW, [2, 5, 33], [1, 7], 1, 1, Valid, 1, 3)),
+            ("grouped", conv(NCHW, [4, 10, 10], [3, 3], 1, 1, Valid, 2, 8)),
+            ("channel-last", conv(NHWC, [3, 9, 10], [3, 3], 1, 1, Valid, 1, 5)),
         ];
-        let mut swapped_cases = 0;
-        for case in &cases {
-            let [c, h, w] = case.input;
-            let len = c * h * w;
-            let values: Vec<f32> = (0..len)
-                .map(|i| match i % 13 {
-                    5 => -0.0,
-                    k => (k as f32 - 6.0) * 0.3 + (i / 13) as f32 * 0.01,
-                })
-                .collect();
-            let optimized = conv_model(case).into_optimized().unwrap();
-            let lazy = optimized.nodes.iter().filter(|n| n.op.name() == TRACT_OP).count();
-            let shape = optimized
-                .outlet_fact(optimized.input_outlets().unwrap()[0])
-                .unwrap()
-                .shape
-                .as_concrete()
-                .unwrap()
-                .to_vec();
-            let input = Tensor::from_shape(&shape, &values).unwrap();
-            let want = optimized.clone().into_runnable().unwrap().run(tvec!(input.clone().into())).unwrap();
-            let swapped = swapped_in(optimized);
-            let ours = swapped.nodes.iter().filter(|n| n.op_is::<SpanIm2Col>()).count();
-            assert_eq!(ours, lazy, "{}: every lazy im2col swapped", case.what);
-            let got = swapped.into_runnable().unwrap().run(tvec!(input.into())).unwrap();
-            assert_eq!(bits(&got[0]), bits(&want[0]), "{}", case.what);
-            if lazy > 0 {
-                swapped_cases += 1;
-            }
+        for (what, (model, shape)) in cases {
+            swaps_all_and_matches(what, model, &shape, TRACT_OP, swapped_in);
         }
-        // tract takes the lazy path for kernels of six taps or more: all of these but none.
-        assert_eq!(swapped_cases, cases.len(), "cases that went through a lazy im2col");
     }
 
     /// Runs break where the columns stop reading input elements one or two apart, and at every

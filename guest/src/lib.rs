@@ -28,6 +28,8 @@ mod maxpool;
 #[cfg(any(target_arch = "wasm32", test))]
 mod pack;
 #[cfg(any(target_arch = "wasm32", test))]
+mod probe;
+#[cfg(any(target_arch = "wasm32", test))]
 mod rowbin;
 
 pub use engine::{Engine, OwnedTensor, inspect};

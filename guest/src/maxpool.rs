@@ -175,6 +175,7 @@ fn vectorized(_: &[f32], _: &[f32], _: &mut [f32]) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::probe::tests::bits;
     use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -212,15 +213,6 @@ mod tests {
             let swapped = swapped_in(optimized);
             assert!(swapped.nodes.iter().any(|n| n.op_is::<StridedMaxPool>()), "no max-pool to swap");
             let got = swapped.into_runnable().unwrap().run(tvec!(input.into())).unwrap();
-            let bits = |t: &TValue| {
-                t.try_as_plain_ram()
-                    .unwrap()
-                    .as_slice::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
-            };
             assert_eq!(bits(&got[0]), bits(&want[0]), "{h}x{w}");
         }
     }

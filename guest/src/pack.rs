@@ -27,20 +27,9 @@ use tract_onnx::tract_core::tract_linalg::pack::PackedFormat;
 /// The name tract 0.23.9 gives its op.
 const TRACT_OP: &str = "OptMatMulPack";
 
-/// Probe values are input indices stored as f32: exact below 2^24.
-const MAX_PROBE_ELEMENTS: usize = 1 << 24;
-
 /// `model` with every transposing pack that passes the probe replaced by [`TransposePack`].
-pub fn swapped_in(mut model: TypedModel) -> TypedModel {
-    for id in 0..model.nodes.len() {
-        if model.nodes[id].op.name() != TRACT_OP {
-            continue;
-        }
-        if let Ok(Some(op)) = TransposePack::probe(&model, id) {
-            model.nodes[id].op = Box::new(op);
-        }
-    }
-    model
+pub fn swapped_in(model: TypedModel) -> TypedModel {
+    crate::probe::swap_ops(model, TRACT_OP, TransposePack::probe)
 }
 
 /// One packed matrix: panel `p`, row `kk`, column `x` holds input element
@@ -79,17 +68,8 @@ impl TransposePack {
     /// Runs node `id`'s op (tract's pack) on a probe input; `Some` if every packed place holds
     /// what the transposing layout says.
     fn probe(model: &TypedModel, id: usize) -> TractResult<Option<TransposePack>> {
-        let node = &model.nodes[id];
-        let ([input], [output]) = (&node.inputs[..], &node.outputs[..]) else { return Ok(None) };
-        let input_fact = model.outlet_fact(*input)?;
-        let Some(shape) = input_fact.shape.as_concrete() else { return Ok(None) };
-        let len: usize = shape.iter().product();
-        if input_fact.datum_type != f32::datum_type() || len == 0 || len > MAX_PROBE_ELEMENTS {
-            return Ok(None);
-        }
-        let probe = Tensor::from_shape(shape, &(0..len).map(|i| i as f32).collect::<Vec<f32>>())?;
-        let Some(out) = node.op.eval_out_of_plan(tvec!(probe.into_tvalue()))? else { return Ok(None) };
-        let storage = out[0].try_storage_as::<PackedMatrixStorage>()?;
+        let Some(probe) = crate::probe::probe(model, id)? else { return Ok(None) };
+        let (storage, len) = (probe.storage()?, probe.len);
         let mut plan: Option<Plan> = None;
         for value in storage.values() {
             let Some(packed) = value.downcast_ref::<EagerPackedInput>() else { return Ok(None) };
@@ -143,7 +123,7 @@ impl TransposePack {
             }
             plan.matrices.push(matrix);
         }
-        Ok(plan.map(|plan| TransposePack { plan: Arc::new(plan), fact: output.fact.clone() }))
+        Ok(plan.map(|plan| TransposePack { plan: Arc::new(plan), fact: probe.fact.clone() }))
     }
 }
 
@@ -289,13 +269,10 @@ unsafe fn transpose4x4(src: *const f32, src_stride: usize, dst: *mut f32, dst_st
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use crate::probe::tests::{conv, swaps_all_and_matches, weights};
+    use tract_onnx::tract_core::ops::cnn::PaddingSpec::Valid;
     use tract_onnx::tract_core::ops::einsum::EinSum;
-    use tract_onnx::tract_core::ops::nn::DataFormat;
-
-    fn weights(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.125).collect()
-    }
+    use tract_onnx::tract_core::ops::nn::DataFormat::NHWC;
 
     /// `W[m, k] . X[n, k]^T`: the operand's `k` axis is its contiguous one.
     fn product(m: usize, k: usize, n: usize) -> (TypedModel, Vec<usize>) {
@@ -308,58 +285,21 @@ mod tests {
         (model, vec![n, k])
     }
 
-    /// A pointwise convolution over channel-last data (PP-OCR's, in WebAssembly).
-    fn pointwise(c: usize, h: usize, w: usize, co: usize) -> (TypedModel, Vec<usize>) {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, h, w, c])).unwrap();
-        let kernel =
-            model.add_const("w", Tensor::from_shape(&[co, c, 1, 1], &weights(co * c)).unwrap()).unwrap();
-        let bias = model.add_const("b", Tensor::from_shape(&[co], &weights(co)).unwrap()).unwrap();
-        let pool_spec = PoolSpec::new(DataFormat::NHWC, tvec!(1, 1), PaddingSpec::Valid, None, None, c, co);
-        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: 1, q_params: None };
-        let out = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
-        model.select_output_outlets(&out).unwrap();
-        (model, vec![1, h, w, c])
-    }
-
     /// Each product through tract's pack and through [`TransposePack`], natively: the same
     /// outputs bit for bit. Sizes with and without a partial last panel, with `k` a multiple of
-    /// four and not, and wider and narrower than a tile.
+    /// four and not, and wider and narrower than a tile; pointwise convolutions over
+    /// channel-last data are PP-OCR's case in WebAssembly.
     #[test]
     fn packs_what_tracts_transposing_pack_packs() {
         let cases = [
             ("product 64x96x40", product(64, 96, 40)),
             ("product 16x7x13", product(16, 7, 13)),
             ("product 33x130x5", product(33, 130, 5)),
-            ("pointwise 16 -> 32 over 6x10", pointwise(16, 6, 10, 32)),
-            ("pointwise 10 -> 24 over 3x7", pointwise(10, 3, 7, 24)),
+            ("pointwise 16 -> 32 over 6x10", conv(NHWC, [16, 6, 10], [1, 1], 1, 1, Valid, 1, 32)),
+            ("pointwise 10 -> 24 over 3x7", conv(NHWC, [10, 3, 7], [1, 1], 1, 1, Valid, 1, 24)),
         ];
         for (what, (model, shape)) in cases {
-            let optimized = model.into_optimized().unwrap();
-            let packs = optimized.nodes.iter().filter(|n| n.op.name() == TRACT_OP).count();
-            let len: usize = shape.iter().product();
-            let values: Vec<f32> = (0..len)
-                .map(|i| match i % 13 {
-                    5 => -0.0,
-                    k => (k as f32 - 6.0) * 0.3 + (i / 13) as f32 * 0.01,
-                })
-                .collect();
-            let input = Tensor::from_shape(&shape, &values).unwrap();
-            let want = optimized.clone().into_runnable().unwrap().run(tvec!(input.clone().into())).unwrap();
-            let swapped = swapped_in(optimized);
-            let ours = swapped.nodes.iter().filter(|n| n.op_is::<TransposePack>()).count();
-            assert!(packs > 0 && ours == packs, "{what}: {ours} of {packs} packs swapped");
-            let got = swapped.into_runnable().unwrap().run(tvec!(input.into())).unwrap();
-            let bits = |t: &TValue| {
-                t.try_as_plain_ram()
-                    .unwrap()
-                    .as_slice::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(bits(&got[0]), bits(&want[0]), "{what}");
+            swaps_all_and_matches(what, model, &shape, TRACT_OP, swapped_in);
         }
     }
 

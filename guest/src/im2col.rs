@@ -115,19 +115,14 @@ impl SpanIm2Col {
             {
                 return Ok(None);
             }
-            let Some(map) = gathered(&**value, r, k, mn, layout, len)? else { return Ok(None) };
-            // map[row * mn + n] = row_offset[row] + column[n], with row_offset[0] = 0.
-            let column = &map[..mn];
-            let offsets: Vec<isize> = (0..k).map(|row| map[row * mn] - map[0]).collect();
-            let exact = map
-                .chunks_exact(mn)
-                .zip(&offsets)
-                .all(|(line, off)| line.iter().zip(column).all(|(v, c)| *v == c + off));
-            if !exact || rows.as_ref().is_some_and(|rows| *rows != offsets) {
+            let Some((offsets, column)) = decomposed(&**value, (r, k, mn), layout, len)? else {
+                return Ok(None);
+            };
+            if rows.as_ref().is_some_and(|rows| *rows != offsets) {
                 return Ok(None);
             }
             rows = Some(offsets);
-            groups.push(panels_of(column, r));
+            groups.push(panels_of(&column, r));
         }
         let Some(rows) = rows else { return Ok(None) };
         let format = SpanFormat { r, k, mn, panel_bytes: layout.size(), panel_align: layout.align() };
@@ -136,18 +131,19 @@ impl SpanIm2Col {
     }
 }
 
-/// The input index each place of `value`'s panels holds, as `map[row * mn + n]`, read from
-/// panels packed by tract's op from the probe input; `None` if a place holds anything but an
-/// index of the input.
-fn gathered(
+/// Reads `value`'s panels, packed by tract's op from the probe input, and returns the row
+/// offsets (relative to row 0) and column offsets such that the place at row `kk`, column `n`
+/// holds input index `rows[kk] + column[n]`; `None` unless every place holds an index of the
+/// input and the sum matches everywhere. Checked a panel at a time, so that no more than one
+/// panel of the im2col matrix is ever held (lazy im2col exists not to hold it all).
+#[allow(clippy::type_complexity)]
+fn decomposed(
     value: &dyn MMMInputValue,
-    r: usize,
-    k: usize,
-    mn: usize,
+    (r, k, mn): (usize, usize, usize),
     layout: Layout,
     len: usize,
-) -> TractResult<Option<Vec<isize>>> {
-    let mut map = vec![0isize; k * mn];
+) -> TractResult<Option<(Vec<isize>, Vec<isize>)>> {
+    let (mut rows, mut column) = (Vec::with_capacity(k), Vec::with_capacity(mn));
     let mut buf = vec![0u8; layout.size() + layout.align()];
     let start = buf.as_ptr().align_offset(layout.align());
     for panel in 0..mn.div_ceil(r) {
@@ -158,19 +154,27 @@ fn gathered(
         if got != ptr.cast_const() {
             return Ok(None);
         }
-        let bytes = &buf[start..start + k * r * 4];
         let width = r.min(mn - panel * r);
-        for (row, line) in bytes.chunks_exact(r * 4).enumerate() {
+        for (row, line) in buf[start..start + k * r * 4].chunks_exact(r * 4).enumerate() {
             for (j, v) in line.chunks_exact(4).take(width).enumerate() {
                 let v = f32::from_ne_bytes(v.try_into().expect("four bytes"));
                 if !(v >= 0.0 && v < len as f32 && v.fract() == 0.0) {
                     return Ok(None);
                 }
-                map[row * mn + panel * r + j] = v as isize;
+                let v = v as isize;
+                if row == 0 {
+                    column.push(v);
+                }
+                if panel == 0 && j == 0 {
+                    rows.push(v - column[0]);
+                }
+                if v != rows[row] + column[panel * r + j] {
+                    return Ok(None);
+                }
             }
         }
     }
-    Ok(Some(map))
+    Ok(Some((rows, column)))
 }
 
 /// The runs of each panel of width `r` over the columns' input offsets: a run goes on while

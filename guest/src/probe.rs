@@ -8,21 +8,40 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::mmm::PackedMatrixStorage;
 
-/// Probe values are input indices stored as f32: exact below 2^24.
-const MAX_PROBE_ELEMENTS: usize = 1 << 24;
+/// Inputs larger than this (4 MiB of f32) are not probed, and keep tract's op: a probe costs
+/// about one run of the op at load, and the load has a deadline. PP-OCR's largest packed
+/// activation is a few hundred thousand values; a hostile chain of 200 products of 2048 x 2048
+/// activations (`tests/fixtures/hostile/slow_matmul_chain.onnx`) must still load in time.
+/// (Probe values are input indices stored as f32, exact up to 2^24.)
+const MAX_PROBE_ELEMENTS: usize = 1 << 20;
 
 /// `model` with every node whose op tract names `name` replaced by the op `swap` derives from
-/// it, where it derives one (`None` or an error keeps tract's op).
-pub fn swap_ops<O: TypedOp>(
+/// it, where it derives one (`None` or an error keeps tract's op). Equal ops on equal input
+/// facts (a stack of identical layers) are probed once.
+pub fn swap_ops<O: TypedOp + Clone>(
     mut model: TypedModel,
     name: &str,
     swap: impl Fn(&TypedModel, usize) -> TractResult<Option<O>>,
 ) -> TypedModel {
+    let mut probed: Vec<(Box<dyn TypedOp>, TypedFact, Option<O>)> = Vec::new();
     for id in 0..model.nodes.len() {
         if model.nodes[id].op.name() != name {
             continue;
         }
-        if let Ok(Some(op)) = swap(&model, id) {
+        let Some(input) = model.nodes[id].inputs.first().and_then(|i| model.outlet_fact(*i).ok()) else {
+            continue;
+        };
+        let op = &model.nodes[id].op;
+        let known = probed.iter().find(|(o, fact, _)| o == op && fact == input);
+        let swapped = match known {
+            Some((_, _, swapped)) => swapped.clone(),
+            None => {
+                let swapped = swap(&model, id).ok().flatten();
+                probed.push((op.clone(), input.clone(), swapped.clone()));
+                swapped
+            }
+        };
+        if let Some(op) = swapped {
             model.nodes[id].op = Box::new(op);
         }
     }

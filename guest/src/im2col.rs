@@ -115,7 +115,8 @@ impl SpanIm2Col {
             {
                 return Ok(None);
             }
-            let Some((offsets, column)) = decomposed(&**value, (r, k, mn), layout, len)? else {
+            let panel = |i, buffer| value.panel_bytes(i, Some(buffer));
+            let Some((offsets, column)) = decomposed(panel, (r, k, mn), layout, len)? else {
                 return Ok(None);
             };
             if rows.as_ref().is_some_and(|rows| *rows != offsets) {
@@ -131,14 +132,14 @@ impl SpanIm2Col {
     }
 }
 
-/// Reads `value`'s panels, packed by tract's op from the probe input, and returns the row
+/// Reads the panels `panel_bytes` packs from the probe input (tract's op), and returns the row
 /// offsets (relative to row 0) and column offsets such that the place at row `kk`, column `n`
 /// holds input index `rows[kk] + column[n]`; `None` unless every place holds an index of the
 /// input and the sum matches everywhere. Checked a panel at a time, so that no more than one
 /// panel of the im2col matrix is ever held (lazy im2col exists not to hold it all).
 #[allow(clippy::type_complexity)]
 fn decomposed(
-    value: &dyn MMMInputValue,
+    panel_bytes: impl Fn(usize, *mut u8) -> TractResult<*const u8>,
     (r, k, mn): (usize, usize, usize),
     layout: Layout,
     len: usize,
@@ -150,7 +151,7 @@ fn decomposed(
         // All NaN first: a place tract's op left unwritten fails the check below.
         buf.fill(0xff);
         let ptr = buf.as_mut_ptr().wrapping_add(start);
-        let got = value.panel_bytes(panel, Some(ptr))?;
+        let got = panel_bytes(panel, ptr)?;
         if got != ptr.cast_const() {
             return Ok(None);
         }
@@ -527,6 +528,47 @@ mod tests {
         ];
         for (what, (model, shape)) in cases {
             swaps_all_and_matches(what, model, &shape, TRACT_OP, swapped_in);
+        }
+    }
+
+    /// The proof the copies rely on refuses any panel that is not `rows[kk] + column[n]`
+    /// everywhere, holds anything but an index of the input, or leaves a place unwritten; and
+    /// reads the offsets off one that is, partial last panel included.
+    #[test]
+    fn the_probe_refuses_panels_that_do_not_decompose() {
+        /// Changes the value packed at panel, row, column, or leaves the place unwritten.
+        type Spoil = fn(usize, usize, usize, f32) -> Option<f32>;
+        let (r, k, mn, len) = (4usize, 3usize, 6usize, 100usize);
+        let layout = Layout::from_size_align(k * r * 4, 16).unwrap();
+        let index = |kk: usize, n: usize| (kk * 20 + n * 2) as f32;
+        // Packs panel `p` as the index map says, then lets `spoil` change one place.
+        let packer = |spoil: Spoil| {
+            move |p: usize, buffer: *mut u8| -> TractResult<*const u8> {
+                let out = buffer.cast::<f32>();
+                for kk in 0..k {
+                    for x in 0..r.min(mn - p * r) {
+                        let v = index(kk, p * r + x);
+                        if let Some(v) = spoil(p, kk, x, v) {
+                            unsafe { out.add(kk * r + x).write(v) };
+                        }
+                    }
+                }
+                Ok(buffer.cast_const())
+            }
+        };
+        let (rows, column) =
+            decomposed(packer(|_, _, _, v| Some(v)), (r, k, mn), layout, len).unwrap().unwrap();
+        assert_eq!(rows, vec![0, 20, 40]);
+        assert_eq!(column, vec![0, 2, 4, 6, 8, 10]);
+        let spoiled: [(&str, Spoil); 5] = [
+            ("one place off by one", |p, kk, x, v| Some(if (p, kk, x) == (1, 2, 1) { v + 1.0 } else { v })),
+            ("an index past the input", |p, kk, x, v| Some(if (p, kk, x) == (0, 1, 3) { 100.0 } else { v })),
+            ("a negative index", |p, kk, x, v| Some(if (p, kk, x) == (0, 0, 0) { -2.0 } else { v })),
+            ("a fraction", |p, kk, x, v| Some(if (p, kk, x) == (1, 0, 0) { v + 0.5 } else { v })),
+            ("a place left unwritten", |p, kk, x, v| if (p, kk, x) == (1, 1, 1) { None } else { Some(v) }),
+        ];
+        for (what, spoil) in spoiled {
+            assert!(decomposed(packer(spoil), (r, k, mn), layout, len).unwrap().is_none(), "{what}");
         }
     }
 

@@ -77,35 +77,10 @@ impl TransposePack {
             let (r, k, mn) = (format.r, packed.fact.k, packed.mn);
             let panel_len = format.single_panel_len(k);
             let bytes = packed.packed.as_bytes();
-            let ok = format.dt == f32::datum_type()
-                && r > 1
-                && k > 1
-                && mn > 1
-                && packed.panel_bytes == panel_len * 4
-                && bytes.len() >= mn.div_ceil(r) * panel_len * 4;
-            if !ok {
+            if format.dt != f32::datum_type() || packed.panel_bytes != panel_len * 4 {
                 return Ok(None);
             }
-            let at = |p: usize, kk: usize, x: usize| {
-                let b = &bytes[(p * panel_len + kk * r + x) * 4..][..4];
-                f32::from_ne_bytes(b.try_into().expect("four bytes"))
-            };
-            let (base, next) = (at(0, 0, 0), at(0, 0, 1));
-            if at(0, 1, 0) != base + 1.0 || next <= base + 1.0 {
-                return Ok(None);
-            }
-            let (base, stride) = (base as usize, (next - base) as usize);
-            // Every real place: panel p, row kk < k, column x < the panel's width.
-            for p in 0..mn.div_ceil(r) {
-                for kk in 0..k {
-                    for x in 0..r.min(mn - p * r) {
-                        let want = base + (p * r + x) * stride + kk;
-                        if want >= len || at(p, kk, x) != want as f32 {
-                            return Ok(None);
-                        }
-                    }
-                }
-            }
+            let Some((base, stride)) = transposed(bytes, (r, k, mn), panel_len, len) else { return Ok(None) };
             let matrix = Matrix { base, fact: packed.fact.clone() };
             let plan = plan.get_or_insert_with(|| Plan {
                 len,
@@ -125,6 +100,43 @@ impl TransposePack {
         }
         Ok(plan.map(|plan| TransposePack { plan: Arc::new(plan), fact: probe.fact.clone() }))
     }
+}
+
+/// The base and column stride of the transposing layout, if `bytes` (panels packed from the
+/// probe input) hold input index `base + (p * r + x) * stride + kk` at every real place (panel
+/// `p`, row `kk < k`, column `x <` the panel's width), each an index of an input of `len`
+/// elements. Needs `k`, `mn` and `r` above 1, and panels of `panel_len` f32s in `bytes`.
+fn transposed(
+    bytes: &[u8],
+    (r, k, mn): (usize, usize, usize),
+    panel_len: usize,
+    len: usize,
+) -> Option<(usize, usize)> {
+    if r < 2 || k < 2 || mn < 2 || bytes.len() < mn.div_ceil(r) * panel_len * 4 {
+        return None;
+    }
+    let at = |p: usize, kk: usize, x: usize| {
+        let b = &bytes[(p * panel_len + kk * r + x) * 4..][..4];
+        f32::from_ne_bytes(b.try_into().expect("four bytes"))
+    };
+    let (base, next) = (at(0, 0, 0), at(0, 0, 1));
+    // Both false for NaN: an unwritten place fails here too.
+    let regular = base >= 0.0 && next > base + 1.0 && at(0, 1, 0) == base + 1.0;
+    if !regular {
+        return None;
+    }
+    let (base, stride) = (base as usize, (next - base) as usize);
+    for p in 0..mn.div_ceil(r) {
+        for kk in 0..k {
+            for x in 0..r.min(mn - p * r) {
+                let want = base + (p * r + x) * stride + kk;
+                if want >= len || at(p, kk, x) != want as f32 {
+                    return None;
+                }
+            }
+        }
+    }
+    Some((base, stride))
 }
 
 impl Op for TransposePack {
@@ -300,6 +312,41 @@ mod tests {
         ];
         for (what, (model, shape)) in cases {
             swaps_all_and_matches(what, model, &shape, TRACT_OP, swapped_in);
+        }
+    }
+
+    /// The proof the transposes rely on refuses a packed place that is off, past the input or
+    /// unwritten, and reads base and stride off a layout that holds everywhere (partial last
+    /// panel included).
+    #[test]
+    fn the_probe_refuses_layouts_that_are_not_a_transpose() {
+        /// The value packed at panel, row, column in place of the index, if any.
+        type Spoil<'s> = &'s dyn Fn(usize, usize, usize) -> Option<f32>;
+        let (r, k, mn, stride, base, len) = (4usize, 3usize, 6usize, 5usize, 2usize, 40usize);
+        let panel_len = k * r;
+        let packed = |spoil: Spoil| {
+            let mut bytes = vec![0xffu8; mn.div_ceil(r) * panel_len * 4];
+            for p in 0..mn.div_ceil(r) {
+                for kk in 0..k {
+                    for x in 0..r.min(mn - p * r) {
+                        let v = spoil(p, kk, x).unwrap_or((base + (p * r + x) * stride + kk) as f32);
+                        let at = (p * panel_len + kk * r + x) * 4;
+                        bytes[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+                    }
+                }
+            }
+            bytes
+        };
+        assert_eq!(transposed(&packed(&|_, _, _| None), (r, k, mn), panel_len, len), Some((base, stride)));
+        let nan = f32::from_ne_bytes([0xff; 4]);
+        let spoiled: [(&str, Spoil); 4] = [
+            ("one place off by one", &|p, kk, x| ((p, kk, x) == (1, 2, 1)).then_some(33.0)),
+            ("an index past the input", &|p, kk, x| ((p, kk, x) == (1, 0, 0)).then_some(40.0)),
+            ("a negative base", &|p, kk, x| ((p, kk, x) == (0, 0, 0)).then_some(-1.0)),
+            ("a place left unwritten", &|p, kk, x| ((p, kk, x) == (0, 2, 3)).then_some(nan)),
+        ];
+        for (what, spoil) in spoiled {
+            assert_eq!(transposed(&packed(spoil), (r, k, mn), panel_len, len), None, "{what}");
         }
     }
 

@@ -199,9 +199,12 @@ impl Engine {
         let model = model.into_optimized().map_err(model_err)?;
         // In the sandbox only: native tract stays tract's own, for the benchmarks to compare.
         #[cfg(target_arch = "wasm32")]
-        let model = crate::maxpool::swapped_in(model);
-        #[cfg(target_arch = "wasm32")]
-        let model = crate::pack::swapped_in(crate::im2col::swapped_in(crate::rowbin::swapped_in(model)));
+        let model = {
+            let model = crate::maxpool::swapped_in(model);
+            let model = crate::rowbin::swapped_in(model);
+            let model = crate::im2col::swapped_in(model);
+            crate::pack::swapped_in(model)
+        };
         let plan = model.into_runnable().map_err(model_err)?;
         let state = plan.spawn().map_err(model_err)?;
         Ok(Engine { state, inputs, outputs })

@@ -93,17 +93,6 @@ impl SpanIm2Col {
         let Some(first) = values.first() else { return Ok(None) };
         let (r, k, mn) = (first.format().r(), first.k(), first.mn());
         let Some(layout) = first.scratch_panel_buffer_layout() else { return Ok(None) };
-        Self::from_values(values, storage.batch_shape(), (r, k, mn), layout, probe.len, &probe.fact)
-    }
-
-    fn from_values(
-        values: &[Box<dyn MMMInputValue>],
-        batch_shape: &[usize],
-        (r, k, mn): (usize, usize, usize),
-        layout: Layout,
-        len: usize,
-        fact: &TypedFact,
-    ) -> TractResult<Option<SpanIm2Col>> {
         if r == 0 || k == 0 || mn == 0 || layout.size() < k * r * 4 {
             return Ok(None);
         }
@@ -116,7 +105,7 @@ impl SpanIm2Col {
                 return Ok(None);
             }
             let panel = |i, buffer| value.panel_bytes(i, Some(buffer));
-            let Some((offsets, column)) = decomposed(panel, (r, k, mn), layout, len)? else {
+            let Some((offsets, column)) = decomposed(panel, (r, k, mn), layout, probe.len)? else {
                 return Ok(None);
             };
             if rows.as_ref().is_some_and(|rows| *rows != offsets) {
@@ -127,8 +116,8 @@ impl SpanIm2Col {
         }
         let Some(rows) = rows else { return Ok(None) };
         let format = SpanFormat { r, k, mn, panel_bytes: layout.size(), panel_align: layout.align() };
-        let plan = Plan { format, len, rows, groups, batch_shape: batch_shape.into() };
-        Ok(Some(SpanIm2Col { plan: Arc::new(plan), fact: fact.clone() }))
+        let plan = Plan { format, len: probe.len, rows, groups, batch_shape: storage.batch_shape().into() };
+        Ok(Some(SpanIm2Col { plan: Arc::new(plan), fact: probe.fact.clone() }))
     }
 }
 
@@ -344,7 +333,7 @@ impl MMMInputValue for SpanInput {
 
     fn panel_bytes(&self, i: usize, buffer: Option<*mut u8>) -> TractResult<*const u8> {
         let plan = &*self.plan;
-        let (r, k) = (plan.format.r, plan.format.k);
+        let r = plan.format.r;
         let buffer = buffer.context("lazy im2col needs a panel buffer")?;
         let panels = &plan.groups[self.group];
         let runs = panels
@@ -354,9 +343,7 @@ impl MMMInputValue for SpanInput {
             .with_context(|| format!("lazy im2col has no panel {i}"))?;
         let x = self.tensor.try_as_plain_ram()?.as_slice::<f32>()?;
         ensure!(
-            x.len() == plan.len
-                && buffer.align_offset(align_of::<f32>()) == 0
-                && plan.format.panel_bytes >= k * r * 4,
+            x.len() == plan.len && buffer.align_offset(align_of::<f32>()) == 0,
             "lazy im2col input or panel buffer"
         );
         let out = buffer.cast::<f32>();
@@ -365,7 +352,7 @@ impl MMMInputValue for SpanInput {
         // that many. Each run stands for the columns `src + t * step`, `t < len`, and
         // `gather_run` reads nothing else. The writes: tract's matrix product hands each panel
         // a buffer of the layout `scratch_panel_buffer_layout` gives, at least `k * r` f32s
-        // (checked above) and aligned for f32, that nothing else touches until this returns;
+        // (checked when the plan was made) and aligned for f32 (checked above), that nothing else touches until this returns;
         // `gather_run` writes `line * r + dst + t` for `line < k` and `dst + t < r`.
         for run in runs {
             unsafe { gather_run(x.as_ptr(), out, r, &plan.rows, run) };

@@ -27,13 +27,6 @@ pub struct OwnedTensor {
     pub data: Vec<u8>,
 }
 
-impl OwnedTensor {
-    /// Borrows it in contract form.
-    pub fn as_ref(&self) -> TensorRef<'_> {
-        TensorRef { name: &self.name, dtype: self.dtype, shape: self.shape.clone(), data: &self.data }
-    }
-}
-
 fn error(kind: GuestErrorKind, e: impl std::fmt::Debug) -> GuestError {
     let mut message = format!("{e:?}");
     if message.len() > MAX_ERROR_MESSAGE {
@@ -210,8 +203,9 @@ impl Engine {
         Ok(Engine { state, inputs, outputs })
     }
 
-    /// Runs the model once; inputs are matched to graph inputs by name.
-    pub fn run(&mut self, request: &RunRequest<'_>) -> Result<Vec<OwnedTensor>, GuestError> {
+    /// Runs the model once; inputs are matched to graph inputs by name. The outputs borrow the
+    /// engine until they are dropped.
+    pub fn run_borrowed(&mut self, request: &RunRequest<'_>) -> Result<Outputs<'_>, GuestError> {
         let input_err = |e| error(GuestErrorKind::Input, e);
         if request.inputs.len() != self.inputs.len() {
             return Err(input_err(format!(
@@ -233,7 +227,7 @@ impl Engine {
             values.push(tensor_from_ref(t).map_err(input_err)?.into_tvalue());
         }
         let outputs = self.state.run(values).map_err(|e| error(GuestErrorKind::Run, e))?;
-        outputs
+        let values = outputs
             .into_iter()
             .zip(&self.outputs)
             .map(|(t, name)| {
@@ -251,14 +245,43 @@ impl Engine {
                         format!("output {name:?} has type {:?}, which Warden cannot carry", t.datum_type()),
                     )
                 })?;
-                Ok(OwnedTensor {
-                    name: name.clone(),
-                    dtype,
-                    shape: t.shape().iter().map(|d| *d as u64).collect(),
-                    data: t.as_bytes().to_vec(),
-                })
+                Ok((dtype, t))
             })
-            .collect()
+            .collect::<Result<_, GuestError>>()?;
+        Ok(Outputs { names: &self.outputs, values })
+    }
+
+    /// Runs the model once, like [`Engine::run_borrowed`], and copies the outputs out.
+    pub fn run(&mut self, request: &RunRequest<'_>) -> Result<Vec<OwnedTensor>, GuestError> {
+        Ok(self
+            .run_borrowed(request)?
+            .tensors()
+            .map(|t| OwnedTensor {
+                name: t.name.to_owned(),
+                dtype: t.dtype,
+                shape: t.shape,
+                data: t.data.to_vec(),
+            })
+            .collect())
+    }
+}
+
+/// One run's outputs, as tract produced them, in the engine's output order.
+#[derive(Debug)]
+pub struct Outputs<'e> {
+    names: &'e [String],
+    values: TVec<(DType, TValue)>,
+}
+
+impl Outputs<'_> {
+    /// The outputs in contract form, borrowing their names and bytes (no copy).
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.names.iter().zip(&self.values).map(|(name, (dtype, t))| TensorRef {
+            name,
+            dtype: *dtype,
+            shape: t.shape().iter().map(|d| *d as u64).collect(),
+            data: t.as_bytes(),
+        })
     }
 }
 

@@ -32,4 +32,4 @@ mod probe;
 #[cfg(any(target_arch = "wasm32", test))]
 mod rowbin;
 
-pub use engine::{Engine, OwnedTensor, inspect};
+pub use engine::{Engine, Outputs, OwnedTensor, inspect};

@@ -1,11 +1,12 @@
 //! The sandbox's own machinery: the compiled-guest cache is integrity-checked before use, and
-//! one model serves concurrent callers from its instance pool.
+//! one model serves concurrent callers from its instance pool, and requests of any size reach it.
 
 use std::sync::Arc;
 
-use warden::Runtime;
+use warden::manifest::{DimSpec, InputSpec, OutputSpec};
 use warden::sandbox::CompileOutcome;
-use warden_tests::{Fixture, builder, cache_dir, root, tensors};
+use warden::{DType, Runtime, Tensor};
+use warden_tests::{Fixture, TestPublisher, builder, cache_dir, manifest, root, tensors};
 
 #[test]
 fn corrupted_compiled_guest_is_detected_and_recompiled() {
@@ -61,4 +62,58 @@ fn one_model_serves_concurrent_callers() {
         t.join().unwrap();
     }
     assert_eq!(model.sandbox_runs(), 100);
+}
+
+/// The host writes a run request straight into the guest's buffer from the last reserve while it
+/// fits, and reserves again when a request outgrows it: requests of changing sizes on one
+/// instance (the dtypes model with a named first dimension), growing and shrinking, each give
+/// their own answer.
+#[test]
+fn requests_of_changing_sizes_on_one_instance_each_get_their_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let types = [DType::F32, DType::F64, DType::I64, DType::I32, DType::U8, DType::I8, DType::Bool];
+    let mut m = manifest("dtypes", &[], &[]);
+    let spec = |name: String, dtype| InputSpec {
+        name,
+        dtype,
+        shape: vec![DimSpec::Named("n".into()), DimSpec::Fixed(3)],
+        min: None,
+        max: None,
+    };
+    m.inputs = types.iter().map(|t| spec(format!("in_{t}"), *t)).collect();
+    m.outputs = types
+        .iter()
+        .map(|t| OutputSpec {
+            name: format!("out_{t}"),
+            dtype: *t,
+            shape: vec![DimSpec::Named("n".into()), DimSpec::Fixed(3)],
+        })
+        .collect();
+    let bytes = std::fs::read(root().join("tests/fixtures/dtypes/dtypes.onnx")).unwrap();
+    let bundle = publisher.bundle(&dir.path().join("repo"), &m, &bytes);
+    let runtime =
+        builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+
+    for rows in [1u64, 4, 2, 2, 9, 1] {
+        let n = (rows * 3) as usize;
+        let shape: &[u64] = &[rows, 3];
+        let f: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 + rows as f32).collect();
+        let l: Vec<i64> = (0..n).map(|i| i as i64 * 3 - rows as i64).collect();
+        let inputs = vec![
+            Tensor::from_f32("in_f32", shape, &f),
+            Tensor::from_f64("in_f64", shape, &vec![1.0; n]),
+            Tensor::from_i64("in_i64", shape, &l),
+            Tensor::from_i32("in_i32", shape, &vec![1; n]),
+            Tensor::from_u8("in_u8", shape, &vec![1; n]),
+            Tensor::from_i8("in_i8", shape, &vec![1; n]),
+            Tensor::from_bool("in_bool", shape, &vec![true; n]),
+        ];
+        let out = model.infer(inputs).unwrap();
+        assert!(out.iter().all(|t| t.shape == shape), "{rows} rows: {:?}", out[0].shape);
+        assert_eq!(out[0].to_f32().unwrap(), f.iter().map(|x| x + 1.5).collect::<Vec<_>>(), "{rows} rows");
+        assert_eq!(out[2].to_i64().unwrap(), l.iter().map(|x| x + 7).collect::<Vec<_>>(), "{rows} rows");
+    }
+    assert_eq!(model.sandbox_runs(), 6);
 }

@@ -12,7 +12,9 @@
 //! | `warden_inspect` | `(len: i32) -> i64` | decodes an [`InspectRequest`] and describes the model's declared inputs and outputs |
 //!
 //! The host writes the request's postcard bytes into the reserved buffer and calls `warden_load`
-//! or `warden_run` with their length. Both return `(ptr << 32) | len` of a guest-owned reply
+//! or `warden_run` with their length. `warden_load` frees the buffer; otherwise it stays the
+//! guest's request buffer until the next `warden_reserve`, so the host may write a later request
+//! of at most the reserved length into it without reserving again. Both return `(ptr << 32) | len` of a guest-owned reply
 //! buffer holding a postcard-encoded [`Reply`]: `Reply<()>` for load, `Reply<RunResponse>` for run,
 //! `Reply<ModelInfo>` for inspect.
 //! The reply stays valid until the next call into the guest. Tensors cross as raw little-endian

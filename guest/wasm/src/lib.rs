@@ -267,16 +267,21 @@ fn bad_request(e: postcard::Error) -> GuestError {
 }
 
 fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
-    guest.reply.clear();
-    let bytes = postcard::to_extend(value, std::mem::take(&mut guest.reply)).unwrap_or_else(|e| {
+    encode(&mut guest.reply, value)
+}
+
+/// Encodes `value` into the reply buffer (reusing its allocation) and returns `(ptr << 32) | len`.
+fn encode<T: serde::Serialize>(buf: &mut Vec<u8>, value: &Reply<T>) -> u64 {
+    buf.clear();
+    let bytes = postcard::to_extend(value, std::mem::take(buf)).unwrap_or_else(|e| {
         postcard::to_allocvec(&Reply::<()>::Err(GuestError {
             kind: GuestErrorKind::Output,
             message: format!("cannot encode reply: {e}"),
         }))
         .unwrap_or_default()
     });
-    guest.reply = bytes;
-    ((guest.reply.as_ptr() as u64) << 32) | guest.reply.len() as u64
+    *buf = bytes;
+    ((buf.as_ptr() as u64) << 32) | buf.len() as u64
 }
 
 unsafe extern "C" {
@@ -350,7 +355,7 @@ pub extern "C" fn warden_load(len: u32) -> u64 {
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_run(len: u32) -> u64 {
     GUEST.with_borrow_mut(|g| {
-        let Guest { request: buf, reply: _, engine } = &mut *g;
+        let Guest { request: buf, reply: reply_buf, engine } = &mut *g;
         let result = match engine {
             None => Err(GuestError { kind: GuestErrorKind::NotLoaded, message: "no model loaded".into() }),
             Some(engine) => buf
@@ -361,15 +366,13 @@ pub extern "C" fn warden_run(len: u32) -> u64 {
                 })
                 .and_then(|bytes| {
                     let req: RunRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
-                    engine.run(&req)
+                    engine.run_borrowed(&req)
                 }),
         };
         match result {
-            Ok(outputs) => {
-                let response = RunResponse { outputs: outputs.iter().map(|t| t.as_ref()).collect() };
-                reply(g, &Ok(response))
-            }
-            Err(e) => reply::<RunResponse<'_>>(g, &Err(e)),
+            // Encoded straight from tract's tensors: no copy of the outputs before the reply.
+            Ok(outputs) => encode(reply_buf, &Ok(RunResponse { outputs: outputs.tensors().collect() })),
+            Err(e) => encode::<RunResponse<'_>>(reply_buf, &Err(e)),
         }
     })
 }

@@ -370,11 +370,16 @@ pub(crate) struct GuestInstance {
     funcs: Option<Funcs>,
     memory_limit: usize,
     tick: Duration,
+    /// The guest's request buffer from the last `warden_reserve`: its address and length. The
+    /// guest keeps that buffer until the next `warden_reserve` or `warden_load`
+    /// (`warden_wire::guest`), so a run request that fits is written straight into it, without
+    /// a call to reserve again.
+    reserved: Option<(usize, usize)>,
 }
 
 impl GuestInstance {
     fn partial(store: Store<StoreState>, memory_limit: usize, tick: Duration) -> GuestInstance {
-        GuestInstance { store, funcs: None, memory_limit, tick }
+        GuestInstance { store, funcs: None, memory_limit, tick, reserved: None }
     }
 
     fn set_deadline(&mut self, timeout: Duration) {
@@ -432,14 +437,23 @@ impl GuestInstance {
             .map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
         let len32 = u32::try_from(len).map_err(|_| SandboxError::Contract("request above 4 GiB".into()))?;
         self.set_deadline(timeout);
-        let ptr = reserve.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))? as usize;
-        if ptr == 0 {
-            return Err(if self.store.data().limiter.hit_memory_cap {
-                SandboxError::MemoryCap(self.memory_limit)
-            } else {
-                SandboxError::Contract(format!("the guest could not reserve {len} bytes"))
-            });
-        }
+        let ptr = match self.reserved {
+            Some((ptr, reserved)) if len <= reserved => ptr,
+            _ => {
+                self.reserved = None;
+                let ptr =
+                    reserve.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))? as usize;
+                if ptr == 0 {
+                    return Err(if self.store.data().limiter.hit_memory_cap {
+                        SandboxError::MemoryCap(self.memory_limit)
+                    } else {
+                        SandboxError::Contract(format!("the guest could not reserve {len} bytes"))
+                    });
+                }
+                self.reserved = Some((ptr, len));
+                ptr
+            }
+        };
         let buf = memory
             .data_mut(&mut self.store)
             .get_mut(ptr..ptr.saturating_add(len))
@@ -460,7 +474,10 @@ impl GuestInstance {
 
     /// Parses and optimizes a model inside the guest.
     pub(crate) fn load(&mut self, request: &LoadRequest<'_>, timeout: Duration) -> Result<(), SandboxError> {
-        let range = self.call(|f| &f.load, request, timeout)?;
+        let range = self.call(|f| &f.load, request, timeout);
+        // The guest drops its request buffer after a load (it held the model's bytes).
+        self.reserved = None;
+        let range = range?;
         let reply: Reply<()> = postcard::from_bytes(&self.memory()?[range])
             .map_err(|e| SandboxError::Contract(format!("undecodable load reply: {e}")))?;
         reply.map_err(|e| self.guest_error(e.kind, e.message))

@@ -237,8 +237,8 @@ mod tests {
     }
 
     /// The vectorized pass agrees with the one that names the bad value: every value, at every
-    /// place, under one bound for all and under bounds per feature (one side of them a shorter
-    /// list or a single bound), edges included.
+    /// place, under one bound for all and under bounds per feature (on both sides, or on one
+    /// side with a single bound on the other), edges included.
     #[test]
     fn the_fast_pass_agrees_with_the_naming_pass_everywhere() {
         let bounds: [(&[f64], &[f64]); 4] = [

@@ -351,7 +351,7 @@ mod tests {
     /// The native kernel through the checked call equals the contract's arithmetic bit for bit,
     /// NaNs as NaNs (so the guest's own wasm kernel, which does the same operations in the same
     /// order), at every channel count around the vector widths, with taps before and after the
-    /// center and a negative stride.
+    /// center and a negative stride, and writes no byte outside its output.
     #[test]
     fn runs_the_contracts_arithmetic_bit_for_bit() {
         let Some(dw) = DepthwiseC::native() else {
@@ -367,13 +367,21 @@ mod tests {
                 let mut mem = Memory::new(0x80000);
                 let a = setup(&mut mem, channels, taps, len, stride);
                 let want = reference(&mut mem, &a, taps);
+                let before = mem.bytes().to_vec();
                 dw.run(mem.bytes(), &a).unwrap();
                 let mut got = Vec::new();
+                let mut written = vec![false; before.len()];
                 for i in 0..len as usize {
                     for c in 0..channels as usize {
-                        got.push(mem.f32_at(a.output as usize + 4 * (i * a.out_stride as usize + c)));
+                        let at = a.output as usize + 4 * (i * a.out_stride as usize + c);
+                        got.push(mem.f32_at(at));
+                        written[at..at + 4].fill(true);
                     }
                 }
+                // Nothing else changed: not the gap after each output row, not past the last.
+                let stray =
+                    mem.bytes().iter().zip(&before).zip(&written).position(|((x, y), w)| !w && x != y);
+                assert_eq!(stray, None, "{channels} channels: a byte outside the output changed");
                 // A NaN's sign and payload depend on operand order inside the CPU; WebAssembly
                 // leaves them unspecified too. Everything else must match to the bit.
                 let key = |x: &f32| if x.is_nan() { u32::MAX } else { x.to_bits() };

@@ -7,15 +7,25 @@ use crate::tensor::{Tensor, element_count};
 /// Checks the guest's outputs (untrusted) against the manifest: the declared outputs, in order,
 /// with their dtypes, shapes and consistent lengths. Outputs the manifest does not declare are
 /// dropped here, so they never leave the host.
-pub fn check_outputs(manifest: &Manifest, outputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-    let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
-    let mut checked = Vec::with_capacity(manifest.outputs.len());
-    for spec in &manifest.outputs {
-        let t = outputs
-            .iter_mut()
-            .find(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
-            .and_then(Option::take)
-            .ok_or_else(|| format!("the model produced no output {:?}", spec.name))?;
+pub fn check_outputs(manifest: &Manifest, mut outputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    // The guest reports the outputs in graph order, which is usually the manifest's: then they
+    // are checked where they are. Otherwise (or with extra outputs) they are put in order first.
+    let in_order = outputs.len() == manifest.outputs.len()
+        && outputs.iter().zip(&manifest.outputs).all(|(t, spec)| t.name == spec.name);
+    if !in_order {
+        let mut pool: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+        outputs = manifest
+            .outputs
+            .iter()
+            .map(|spec| {
+                pool.iter_mut()
+                    .find(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+                    .and_then(Option::take)
+                    .ok_or_else(|| format!("the model produced no output {:?}", spec.name))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    for (t, spec) in outputs.iter().zip(&manifest.outputs) {
         if t.dtype != spec.dtype {
             return Err(format!("output {:?} is {}, the manifest says {}", spec.name, t.dtype, spec.dtype));
         }
@@ -36,9 +46,8 @@ pub fn check_outputs(manifest: &Manifest, outputs: Vec<Tensor>) -> Result<Vec<Te
         if len != Some(t.data.len()) {
             return Err(format!("output {:?} has {} bytes for shape {:?}", spec.name, t.data.len(), t.shape));
         }
-        checked.push(t);
     }
-    Ok(checked)
+    Ok(outputs)
 }
 
 /// Coarsens floating-point outputs as the policy says: keep the `top_k` largest values along the
@@ -223,5 +232,62 @@ mod tests {
         let mut t = [Tensor::from_i64("label", &[3], &[7, 1, 3])];
         apply_output_policy(&policy, &mut t);
         assert_eq!(t[0].to_i64().unwrap(), vec![7, 1, 3]);
+    }
+
+    /// A manifest declaring `label` (i64 [1]) then `scores` (f32 [batch, 3]).
+    fn two_outputs() -> Manifest {
+        toml::from_str(
+            r#"
+            format = 1
+            name = "m"
+            version = 1
+            model_sha256 = "00"
+            inputs = []
+            [[outputs]]
+            name = "label"
+            dtype = "i64"
+            shape = [1]
+            [[outputs]]
+            name = "scores"
+            dtype = "f32"
+            shape = ["batch", 3]
+            [output_policy]
+            "#,
+        )
+        .unwrap()
+    }
+
+    /// Outputs in the manifest's order are checked where they are; in another order, or with an
+    /// output the manifest does not declare, they come back in its order without the extra one.
+    /// Either way a missing output, a wrong dtype, a wrong shape or a wrong length is refused.
+    #[test]
+    fn outputs_come_back_in_the_manifests_order_and_only_declared_ones() {
+        let m = two_outputs();
+        let label = || Tensor::from_i64("label", &[1], &[4]);
+        let scores = || Tensor::from_f32("scores", &[2, 3], &[0.5; 6]);
+        let names = |ts: &[Tensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let want = vec!["label".to_string(), "scores".to_string()];
+        assert_eq!(names(&check_outputs(&m, vec![label(), scores()]).unwrap()), want);
+        assert_eq!(names(&check_outputs(&m, vec![scores(), label()]).unwrap()), want);
+        let extra = Tensor::from_f32("hidden", &[1], &[1.0]);
+        assert_eq!(names(&check_outputs(&m, vec![extra.clone(), scores(), label()]).unwrap()), want);
+        assert_eq!(names(&check_outputs(&m, vec![label(), scores(), extra]).unwrap()), want);
+
+        let err = check_outputs(&m, vec![scores()]).unwrap_err();
+        assert!(err.contains("no output \"label\""), "{err}");
+        for reorder in [false, true] {
+            let refused = |label: Tensor, scores: Tensor| {
+                let outputs = if reorder { vec![scores, label] } else { vec![label, scores] };
+                check_outputs(&m, outputs).unwrap_err()
+            };
+            let err = refused(Tensor::from_i32("label", &[1], &[4]), scores());
+            assert!(err.contains("is i32, the manifest says i64"), "{err}");
+            let err = refused(label(), Tensor::from_f32("scores", &[2, 4], &[0.5; 8]));
+            assert!(err.contains("has shape [2, 4]"), "{err}");
+            let mut short = scores();
+            short.data.pop();
+            let err = refused(label(), short);
+            assert!(err.contains("has 23 bytes"), "{err}");
+        }
     }
 }

@@ -106,14 +106,8 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
     // The bounds of each feature (the last axis): value `i` has feature `i % features`, and a
     // per-feature list shorter than the axis leaves the rest unbounded.
     let features = t.shape.last().copied().unwrap_or(1).max(1) as usize;
-    let per_feature = |b: &Option<Bound>, default: f64| match b {
-        None => Bounds::One([default]),
-        Some(Bound::All(v)) => Bounds::One([*v]),
-        Some(Bound::PerFeature(vs)) => {
-            Bounds::Each((0..features).map(|i| vs.get(i).copied().unwrap_or(default)).collect())
-        }
-    };
-    let (mins, maxs) = (per_feature(&spec.min, f64::NEG_INFINITY), per_feature(&spec.max, f64::INFINITY));
+    let (mins, maxs) =
+        (Bounds::of(&spec.min, f64::NEG_INFINITY, features), Bounds::of(&spec.max, f64::INFINITY, features));
     let (mins, maxs) = (mins.as_slice(), maxs.as_slice());
     let refuse = |index: usize, value: f64| {
         let (min, max) = (mins[index % mins.len()], maxs[index % maxs.len()]);
@@ -137,41 +131,64 @@ fn check_values(spec: &InputSpec, t: &Tensor) -> Result<(), InputError> {
     first_bad(values, mins, maxs).map_or(Ok(()), |(index, value)| Err(refuse(index, value)))
 }
 
-/// One bound for every value, or one per feature; the common case allocates nothing.
-enum Bounds {
+/// One bound for every value, or one per feature: the manifest's list, or (when it is shorter
+/// than the axis) that list padded with the default. Only the padded one allocates.
+enum Bounds<'a> {
     One([f64; 1]),
+    Listed(&'a [f64]),
     Each(Vec<f64>),
 }
 
-impl Bounds {
+impl Bounds<'_> {
+    /// A manifest bound for an axis of `features` values; `default` where it sets none.
+    fn of(bound: &Option<Bound>, default: f64, features: usize) -> Bounds<'_> {
+        match bound {
+            None => Bounds::One([default]),
+            Some(Bound::All(v)) => Bounds::One([*v]),
+            // The manifest's own list when it covers the axis (the common case): nothing to copy.
+            Some(Bound::PerFeature(vs)) if vs.len() >= features => Bounds::Listed(&vs[..features]),
+            Some(Bound::PerFeature(vs)) => {
+                Bounds::Each((0..features).map(|i| vs.get(i).copied().unwrap_or(default)).collect())
+            }
+        }
+    }
+
     fn as_slice(&self) -> &[f64] {
         match self {
             Bounds::One(b) => b,
+            Bounds::Listed(bs) => bs,
             Bounds::Each(bs) => bs,
         }
     }
 }
 
 /// Whether every f32 of `data` (little-endian) is finite and within its bounds, as [`first_bad`]
-/// states them; `mins` and `maxs` have one entry or one per feature. No early exit and no index,
-/// so the loops vectorize.
+/// states them; `mins` and `maxs` have one entry or one per feature (the same number when both
+/// have more than one). No early exit and no index, so the loops vectorize; nothing allocated.
 fn f32_all_good(data: &[u8], mins: &[f64], maxs: &[f64]) -> bool {
     let good = |b: &[u8], min: f64, max: f64| {
         let v = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         // NaN fails both comparisons; the infinities fail `is_finite`.
         v.is_finite() & (v >= min) & (v <= max)
     };
-    if let ([min], [max]) = (mins, maxs) {
-        return data.chunks_exact(4).fold(true, |ok, b| ok & good(b, *min, *max));
+    // Rows of one value per feature, each checked against its feature's bounds.
+    let rows = |features: usize, row_good: &dyn Fn(&[u8]) -> bool| {
+        data.chunks(4 * features).fold(true, |ok, row| ok & row_good(row))
+    };
+    match (mins, maxs) {
+        ([min], [max]) => data.chunks_exact(4).fold(true, |ok, b| ok & good(b, *min, *max)),
+        ([min], maxs) => rows(maxs.len(), &|row| {
+            row.chunks_exact(4).zip(maxs).fold(true, |ok, (b, max)| ok & good(b, *min, *max))
+        }),
+        (mins, [max]) => rows(mins.len(), &|row| {
+            row.chunks_exact(4).zip(mins).fold(true, |ok, (b, min)| ok & good(b, *min, *max))
+        }),
+        (mins, maxs) => rows(mins.len(), &|row| {
+            row.chunks_exact(4)
+                .zip(mins.iter().zip(maxs))
+                .fold(true, |ok, (b, (min, max))| ok & good(b, *min, *max))
+        }),
     }
-    let features = mins.len().max(maxs.len());
-    let at = |bounds: &[f64], i: usize| bounds[i % bounds.len()];
-    let (mins, maxs): (Vec<f64>, Vec<f64>) = (0..features).map(|i| (at(mins, i), at(maxs, i))).unzip();
-    data.chunks(4 * features).fold(true, |ok, row| {
-        row.chunks_exact(4)
-            .zip(mins.iter().zip(&maxs))
-            .fold(ok, |ok, (b, (min, max))| ok & good(b, *min, *max))
-    })
 }
 
 /// The index and value of the first value that is not finite or lies outside its bounds; value

@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use warden_wire::guest::{
-    ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunRequest, RunResponse, TensorRef,
-};
+use warden_wire::guest::{ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunResponse};
 use wasmtime::{
     Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap, TypedFunc,
@@ -494,13 +492,7 @@ impl GuestInstance {
     /// Runs the loaded model. Returns the outputs as the guest reported them (untrusted: the
     /// caller checks them against the manifest).
     pub(crate) fn run(&mut self, inputs: &[Tensor], timeout: Duration) -> Result<Vec<Tensor>, SandboxError> {
-        let request = RunRequest {
-            inputs: inputs
-                .iter()
-                .map(|t| TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
-                .collect(),
-        };
-        let range = self.call(|f| &f.run, &request, timeout)?;
+        let range = self.call(|f| &f.run, &RunInputs(inputs), timeout)?;
         let reply: Reply<RunResponse<'_>> = postcard::from_bytes(&self.memory()?[range])
             .map_err(|e| SandboxError::Contract(format!("undecodable run reply: {e}")))?;
         match reply {
@@ -523,5 +515,82 @@ impl GuestInstance {
             return SandboxError::MemoryCap(self.memory_limit);
         }
         SandboxError::Guest { kind, message }
+    }
+}
+
+/// A `warden_wire::guest::RunRequest` over the host's own tensors: encoded byte for byte as one
+/// (postcard writes neither struct nor field names; a test compares the bytes), without building
+/// one, so neither a vector of references nor a copy of each shape is made per run.
+struct RunInputs<'a>(&'a [Tensor]);
+
+impl Serialize for RunInputs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        /// One tensor as a `TensorRef`: name, dtype, shape, and the data as bytes.
+        struct AsRef<'a>(&'a Tensor);
+        impl Serialize for AsRef<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut s = serializer.serialize_struct("TensorRef", 4)?;
+                s.serialize_field("name", &self.0.name)?;
+                s.serialize_field("dtype", &self.0.dtype)?;
+                s.serialize_field("shape", &self.0.shape)?;
+                s.serialize_field("data", &Bytes(&self.0.data))?;
+                s.end()
+            }
+        }
+        /// Bytes as bytes: one length and a copy, as `TensorRef` encodes its data.
+        struct Bytes<'a>(&'a [u8]);
+        impl Serialize for Bytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(self.0)
+            }
+        }
+        struct All<'a>(&'a [Tensor]);
+        impl Serialize for All<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(AsRef))
+            }
+        }
+        let mut s = serializer.serialize_struct("RunRequest", 1)?;
+        s.serialize_field("inputs", &All(self.0))?;
+        s.end()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use warden_wire::guest::{RunRequest, TensorRef};
+
+    /// `RunInputs` is the contract's `RunRequest` to the byte, for every dtype, shapes of any
+    /// rank (empty included) and inputs of any size.
+    #[test]
+    fn run_inputs_encode_as_a_run_request() {
+        let inputs = [
+            Tensor::from_f32("x", &[2, 3], &[0.5, -1.0, 2.0, 3.0, f32::NAN, 1e30]),
+            Tensor::from_i64("a long input name, é", &[1], &[i64::MIN]),
+            Tensor::from_u8("scalar", &[], &[7]),
+            Tensor::from_bool("flags", &[0, 4], &[]),
+            Tensor::from_f64("big", &[300], &vec![0.25; 300]),
+        ];
+        for n in 0..=inputs.len() {
+            let reference = RunRequest {
+                inputs: inputs[..n]
+                    .iter()
+                    .map(|t| TensorRef {
+                        name: &t.name,
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        data: &t.data,
+                    })
+                    .collect(),
+            };
+            assert_eq!(
+                postcard::to_allocvec(&RunInputs(&inputs[..n])).unwrap(),
+                postcard::to_allocvec(&reference).unwrap(),
+                "{n} inputs"
+            );
+        }
     }
 }

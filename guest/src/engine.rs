@@ -273,6 +273,54 @@ pub struct Outputs<'e> {
     values: TVec<(DType, TValue)>,
 }
 
+/// The outputs as a successful run's reply: encoded byte for byte as
+/// `Reply::Ok(RunResponse { outputs: self.tensors().collect() })` (a test compares the bytes),
+/// without collecting the tensors or their shapes first.
+impl serde::Serialize for Outputs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        struct Shape<'a>(&'a [usize]);
+        impl serde::Serialize for Shape<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|d| *d as u64))
+            }
+        }
+        struct Bytes<'a>(&'a [u8]);
+        impl serde::Serialize for Bytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(self.0)
+            }
+        }
+        struct One<'a>(&'a str, DType, &'a TValue);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut s = serializer.serialize_struct("TensorRef", 4)?;
+                s.serialize_field("name", self.0)?;
+                s.serialize_field("dtype", &self.1)?;
+                s.serialize_field("shape", &Shape(self.2.shape()))?;
+                s.serialize_field("data", &Bytes(self.2.as_bytes()))?;
+                s.end()
+            }
+        }
+        struct All<'a>(&'a Outputs<'a>);
+        impl serde::Serialize for All<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer
+                    .collect_seq(self.0.names.iter().zip(&self.0.values).map(|(n, (d, t))| One(n, *d, t)))
+            }
+        }
+        struct Response<'a>(&'a Outputs<'a>);
+        impl serde::Serialize for Response<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut s = serializer.serialize_struct("RunResponse", 1)?;
+                s.serialize_field("outputs", &All(self.0))?;
+                s.end()
+            }
+        }
+        serializer.serialize_newtype_variant("Result", 0, "Ok", &Response(self))
+    }
+}
+
 impl Outputs<'_> {
     /// The outputs in contract form, borrowing their names and bytes (no copy).
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
@@ -297,4 +345,51 @@ fn tensor_from_ref(t: &TensorRef<'_>) -> Result<Tensor, String> {
     let mut tensor = Tensor::zero_dt(datum_type(t.dtype), &shape).map_err(|e| e.to_string())?;
     tensor.as_bytes_mut().copy_from_slice(t.data);
     Ok(tensor)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use warden_wire::guest::{Dim, InputFact, Reply, RunResponse};
+
+    use super::*;
+
+    /// A run's outputs encode as the contract's reply to the byte: the dtypes model (seven
+    /// outputs, one per dtype), with a named first dimension at several sizes.
+    #[test]
+    fn outputs_encode_as_a_run_reply() {
+        let model =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/dtypes/dtypes.onnx"))
+                .unwrap();
+        let types = [DType::F32, DType::F64, DType::I64, DType::I32, DType::U8, DType::I8, DType::Bool];
+        let inputs = types
+            .iter()
+            .map(|t| InputFact {
+                name: format!("in_{t}"),
+                dtype: *t,
+                shape: vec![Dim::Symbol("n".into()), Dim::Fixed(3)],
+            })
+            .collect();
+        let mut engine = Engine::load(&LoadRequest { model: &model, inputs }).unwrap();
+        for rows in [0u64, 1, 5] {
+            let data: Vec<Vec<u8>> = types.iter().map(|t| vec![1; t.size() * 3 * rows as usize]).collect();
+            let names: Vec<String> = types.iter().map(|t| format!("in_{t}")).collect();
+            let request = RunRequest {
+                inputs: types
+                    .iter()
+                    .zip(&data)
+                    .zip(&names)
+                    .map(|((t, d), n)| TensorRef { name: n, dtype: *t, shape: vec![rows, 3], data: d })
+                    .collect(),
+            };
+            let outputs = engine.run_borrowed(&request).unwrap();
+            let reference: Reply<RunResponse<'_>> = Ok(RunResponse { outputs: outputs.tensors().collect() });
+            assert_eq!(reference.as_ref().unwrap().outputs.len(), 7);
+            assert_eq!(
+                postcard::to_allocvec(&outputs).unwrap(),
+                postcard::to_allocvec(&reference).unwrap(),
+                "{rows} rows"
+            );
+        }
+    }
 }

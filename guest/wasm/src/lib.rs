@@ -270,8 +270,9 @@ fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
     encode(&mut guest.reply, value)
 }
 
-/// Encodes `value` into the reply buffer (reusing its allocation) and returns `(ptr << 32) | len`.
-fn encode<T: serde::Serialize>(buf: &mut Vec<u8>, value: &Reply<T>) -> u64 {
+/// Encodes a reply (`value` serializes as a [`Reply`]) into the reply buffer, reusing its
+/// allocation, and returns `(ptr << 32) | len`.
+fn encode(buf: &mut Vec<u8>, value: &impl serde::Serialize) -> u64 {
     buf.clear();
     let bytes = postcard::to_extend(value, std::mem::take(buf)).unwrap_or_else(|e| {
         postcard::to_allocvec(&Reply::<()>::Err(GuestError {
@@ -370,9 +371,10 @@ pub extern "C" fn warden_run(len: u32) -> u64 {
                 }),
         };
         match result {
-            // Encoded straight from tract's tensors: no copy of the outputs before the reply.
-            Ok(outputs) => encode(reply_buf, &Ok(RunResponse { outputs: outputs.tensors().collect() })),
-            Err(e) => encode::<RunResponse<'_>>(reply_buf, &Err(e)),
+            // Encoded straight from tract's tensors as `Reply::<RunResponse>::Ok`: no copy of the
+            // outputs, their shapes or a list of them before the reply.
+            Ok(outputs) => encode(reply_buf, &outputs),
+            Err(e) => encode(reply_buf, &Reply::<RunResponse<'_>>::Err(e)),
         }
     })
 }

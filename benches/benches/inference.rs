@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use warden::guest::{LoadRequest, RunRequest, TensorRef};
+use warden::guest::LoadRequest;
 use warden_tests::{Fixture, TestPublisher, builder, root, tensors};
 
 const FIXTURES: &[&str] = &[
@@ -48,17 +48,7 @@ fn inference(c: &mut Criterion) {
         let native = std::thread::spawn(move || {
             let mut engine =
                 warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: facts }).unwrap();
-            let request = RunRequest {
-                inputs: native_inputs
-                    .iter()
-                    .map(|t| TensorRef {
-                        name: &t.name,
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        data: &t.data,
-                    })
-                    .collect(),
-            };
+            let request = warden::Tensor::run_request(&native_inputs);
             for iters in native_rx {
                 let start = std::time::Instant::now();
                 for _ in 0..iters {

@@ -1,7 +1,7 @@
 //! Profiling aid: native tract on one fixture's first case, in a loop.
 #![allow(clippy::unwrap_used)]
 use std::time::Instant;
-use warden::guest::{LoadRequest, RunRequest, TensorRef};
+use warden::guest::LoadRequest;
 use warden_tests::{Fixture, root, tensors};
 
 fn main() {
@@ -13,12 +13,7 @@ fn main() {
     let mut engine =
         warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: fixture.manifest().input_facts() })
             .unwrap();
-    let request = RunRequest {
-        inputs: inputs
-            .iter()
-            .map(|t| TensorRef { name: &t.name, dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
-            .collect(),
-    };
+    let request = warden::Tensor::run_request(&inputs);
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();

@@ -1,4 +1,5 @@
 use warden_wire::DType;
+use warden_wire::guest::{RunRequest, TensorRef};
 
 /// A host-side tensor: dtype, row-major shape and little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +39,17 @@ macro_rules! typed {
 }
 
 impl Tensor {
+    /// This tensor in the guest contract's form, borrowing its name and bytes.
+    pub fn as_tensor_ref(&self) -> TensorRef<'_> {
+        TensorRef { name: &self.name, dtype: self.dtype, shape: self.shape.clone(), data: &self.data }
+    }
+
+    /// A contract run request over `inputs`: what `warden_guest::Engine::run` takes when tract
+    /// runs natively on the same inputs (benchmarks, reference tests).
+    pub fn run_request(inputs: &[Tensor]) -> RunRequest<'_> {
+        RunRequest { inputs: inputs.iter().map(Tensor::as_tensor_ref).collect() }
+    }
+
     typed!(from_f32, to_f32, f32, DType::F32);
     typed!(from_f64, to_f64, f64, DType::F64);
     typed!(from_i64, to_i64, i64, DType::I64);

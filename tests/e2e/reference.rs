@@ -33,17 +33,7 @@ fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
         native_cases
             .iter()
             .map(|inputs| {
-                let request = warden::guest::RunRequest {
-                    inputs: inputs
-                        .iter()
-                        .map(|t| warden::guest::TensorRef {
-                            name: &t.name,
-                            dtype: t.dtype,
-                            shape: t.shape.clone(),
-                            data: &t.data,
-                        })
-                        .collect(),
-                };
+                let request = warden::Tensor::run_request(inputs);
                 native
                     .run(&request)
                     .unwrap()

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use warden::Tensor;
-use warden::guest::{LoadRequest, RunRequest, TensorRef};
+use warden::guest::LoadRequest;
 use warden_tests::{Fixture, TestPublisher, builder, root, tensors};
 
 const USAGE: &str = "\
@@ -290,17 +290,7 @@ impl Native {
         let thread = std::thread::spawn(move || {
             let mut engine =
                 warden_guest::Engine::load(&LoadRequest { model: &bytes, inputs: facts }).unwrap();
-            let request = RunRequest {
-                inputs: inputs
-                    .iter()
-                    .map(|t| TensorRef {
-                        name: &t.name,
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        data: &t.data,
-                    })
-                    .collect(),
-            };
+            let request = Tensor::run_request(&inputs);
             let outputs = engine.run(&request).unwrap();
             out_tx
                 .send(
@@ -527,7 +517,10 @@ fn main() {
 
         let tiles = runtime.native_kernel_calls();
         let sandbox_out = model.infer(inputs.clone()).unwrap();
-        eprintln!("{tag}: {} host kernel calls per inference (matrix tiles, depthwise runs)", runtime.native_kernel_calls() - tiles);
+        eprintln!(
+            "{tag}: {} host kernel calls per inference (matrix tiles, depthwise runs)",
+            runtime.native_kernel_calls() - tiles
+        );
         let wasm_out = model_w.infer(inputs.clone()).unwrap();
         let (mut native, native_out) = Native::start(bytes.clone(), manifest.input_facts(), inputs.clone());
         let mismatch = deviation(&sandbox_out, &expected)
@@ -681,7 +674,10 @@ fn main() {
     }
     print!("{md}");
     let Some(out_dir) = out_dir else {
-        eprintln!("a partial run: no files written (--out DIR to keep them) ({:.0} s)", elapsed.as_secs_f64());
+        eprintln!(
+            "a partial run: no files written (--out DIR to keep them) ({:.0} s)",
+            elapsed.as_secs_f64()
+        );
         return;
     };
 

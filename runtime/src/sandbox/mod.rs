@@ -561,7 +561,6 @@ impl Serialize for RunInputs<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use warden_wire::guest::{RunRequest, TensorRef};
 
     /// `RunInputs` is the contract's `RunRequest` to the byte, for every dtype, shapes of any
     /// rank (empty included) and inputs of any size.
@@ -575,17 +574,7 @@ mod tests {
             Tensor::from_f64("big", &[300], &vec![0.25; 300]),
         ];
         for n in 0..=inputs.len() {
-            let reference = RunRequest {
-                inputs: inputs[..n]
-                    .iter()
-                    .map(|t| TensorRef {
-                        name: &t.name,
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        data: &t.data,
-                    })
-                    .collect(),
-            };
+            let reference = Tensor::run_request(&inputs[..n]);
             assert_eq!(
                 postcard::to_allocvec(&RunInputs(&inputs[..n])).unwrap(),
                 postcard::to_allocvec(&reference).unwrap(),

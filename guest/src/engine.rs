@@ -2,8 +2,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use warden_wire::DType;
 use warden_wire::guest::{
-    DeclaredTensor, Dim, GuestError, GuestErrorKind, InputFact, LoadRequest, MAX_ERROR_MESSAGE, ModelInfo,
-    RunRequest, TensorRef,
+    DeclaredTensor, Dim, Dims, GuestError, GuestErrorKind, InputFact, LoadRequest, MAX_ERROR_MESSAGE,
+    ModelInfo, RunRequest, TensorParts, TensorRef,
 };
 
 /// A parsed, analysed and optimized model, ready to run repeatedly.
@@ -279,34 +279,16 @@ pub struct Outputs<'e> {
 impl serde::Serialize for Outputs<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        struct Shape<'a>(&'a [usize]);
-        impl serde::Serialize for Shape<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.iter().map(|d| *d as u64))
-            }
-        }
-        struct Bytes<'a>(&'a [u8]);
-        impl serde::Serialize for Bytes<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_bytes(self.0)
-            }
-        }
-        struct One<'a>(&'a str, DType, &'a TValue);
-        impl serde::Serialize for One<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut s = serializer.serialize_struct("TensorRef", 4)?;
-                s.serialize_field("name", self.0)?;
-                s.serialize_field("dtype", &self.1)?;
-                s.serialize_field("shape", &Shape(self.2.shape()))?;
-                s.serialize_field("data", &Bytes(self.2.as_bytes()))?;
-                s.end()
-            }
-        }
         struct All<'a>(&'a Outputs<'a>);
         impl serde::Serialize for All<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer
-                    .collect_seq(self.0.names.iter().zip(&self.0.values).map(|(n, (d, t))| One(n, *d, t)))
+                let Outputs { names, values } = self.0;
+                serializer.collect_seq(names.iter().zip(values).map(|(name, (dtype, t))| TensorParts {
+                    name,
+                    dtype: *dtype,
+                    shape: Dims(t.shape()),
+                    data: t.as_bytes(),
+                }))
             }
         }
         struct Response<'a>(&'a Outputs<'a>);

@@ -86,6 +86,32 @@ pub struct TensorRef<'a> {
     pub data: &'a [u8],
 }
 
+/// A [`TensorRef`] to encode, with its shape as any sequence of dimensions: the same bytes, so
+/// the host and the guest can encode straight from their own tensors (the host's `u64` shapes,
+/// tract's `usize` ones through [`Dims`]) without building `TensorRef`s first.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorParts<'a, S: Serialize> {
+    /// As [`TensorRef::name`].
+    pub name: &'a str,
+    /// As [`TensorRef::dtype`].
+    pub dtype: DType,
+    /// As [`TensorRef::shape`]: a sequence of `u64`.
+    pub shape: S,
+    /// As [`TensorRef::data`].
+    #[serde(serialize_with = "as_bytes")]
+    pub data: &'a [u8],
+}
+
+/// `usize` dimensions encoded as the `u64` sequence a [`TensorRef`]'s shape is.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims<'a>(pub &'a [usize]);
+
+impl Serialize for Dims<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|d| *d as u64))
+    }
+}
+
 /// Host -> guest: run the loaded model on these inputs (every graph input, by name).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRequest<'a> {
@@ -402,5 +428,7 @@ mod tests {
         let fast = TensorRef { name: "x", dtype: DType::U8, shape: vec![256], data: &data };
         let slow = AsSequence { name: "x", dtype: DType::U8, shape: vec![256], data: &data };
         assert_eq!(postcard::to_allocvec(&fast).unwrap(), postcard::to_allocvec(&slow).unwrap());
+        let parts = TensorParts { name: "x", dtype: DType::U8, shape: Dims(&[256]), data: &data };
+        assert_eq!(postcard::to_allocvec(&parts).unwrap(), postcard::to_allocvec(&fast).unwrap());
     }
 }

@@ -109,6 +109,31 @@ impl Bins {
     }
 }
 
+/// A block for `layout`: a recycled one of its class, or a new one from talc; zeroed if `zero`.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline(always)]
+unsafe fn alloc_block(layout: Layout, zero: bool) -> *mut u8 {
+    // SAFETY: see `GlobalAlloc for Zeroed` below.
+    unsafe {
+        match Bins::class(layout) {
+            Some(class) => match BINS.pop(class) {
+                Some(block) => {
+                    if zero {
+                        block.write_bytes(0, layout.size());
+                    }
+                    block
+                }
+                None if zero => TALC.alloc_zeroed(Bins::block(class)),
+                None => TALC.alloc(Bins::block(class)),
+            },
+            None if zero => TALC.alloc_zeroed(layout),
+            None => TALC.alloc(layout),
+        }
+    }
+}
+
 // SAFETY: large blocks forward to `TALC` with the caller's own arguments, so its guarantees
 // hold. A small layout maps to one class both when allocated and when freed (`Bins::class` is
 // a function of the layout, which the caller passes unchanged to `dealloc`), and that class's
@@ -118,41 +143,14 @@ impl Bins {
 unsafe impl GlobalAlloc for Zeroed {
     #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let zero = ZEROING.load(Ordering::Relaxed);
         // SAFETY: see above.
-        unsafe {
-            match Bins::class(layout) {
-                Some(class) => match BINS.pop(class) {
-                    Some(block) => {
-                        if zero {
-                            block.write_bytes(0, layout.size());
-                        }
-                        block
-                    }
-                    None if zero => TALC.alloc_zeroed(Bins::block(class)),
-                    None => TALC.alloc(Bins::block(class)),
-                },
-                None if zero => TALC.alloc_zeroed(layout),
-                None => TALC.alloc(layout),
-            }
-        }
+        unsafe { alloc_block(layout, ZEROING.load(Ordering::Relaxed)) }
     }
 
     #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see above.
-        unsafe {
-            match Bins::class(layout) {
-                Some(class) => match BINS.pop(class) {
-                    Some(block) => {
-                        block.write_bytes(0, layout.size());
-                        block
-                    }
-                    None => TALC.alloc_zeroed(Bins::block(class)),
-                },
-                None => TALC.alloc_zeroed(layout),
-            }
-        }
+        unsafe { alloc_block(layout, true) }
     }
 
     #[inline(never)]
@@ -266,10 +264,6 @@ fn bad_request(e: postcard::Error) -> GuestError {
     GuestError { kind: GuestErrorKind::BadRequest, message: format!("undecodable request: {e}") }
 }
 
-fn reply<T: serde::Serialize>(guest: &mut Guest, value: &Reply<T>) -> u64 {
-    encode(&mut guest.reply, value)
-}
-
 /// Encodes a reply (`value` serializes as a [`Reply`]) into the reply buffer, reusing its
 /// allocation, and returns `(ptr << 32) | len`.
 fn encode(buf: &mut Vec<u8>, value: &impl serde::Serialize) -> u64 {
@@ -346,7 +340,7 @@ pub extern "C" fn warden_load(len: u32) -> u64 {
         });
         g.request = Vec::new();
         let result = result.map(|engine| g.engine = Some(engine));
-        reply(g, &result)
+        encode(&mut g.reply, &result)
     })
 }
 
@@ -389,6 +383,6 @@ pub extern "C" fn warden_inspect(len: u32) -> u64 {
             let req: InspectRequest<'_> = postcard::from_bytes(bytes).map_err(bad_request)?;
             warden_guest::inspect(req.model)
         });
-        reply(g, &result)
+        encode(&mut g.reply, &result)
     })
 }

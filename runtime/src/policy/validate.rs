@@ -171,24 +171,16 @@ fn f32_all_good(data: &[u8], mins: &[f64], maxs: &[f64]) -> bool {
         // NaN fails both comparisons; the infinities fail `is_finite`.
         v.is_finite() & (v >= min) & (v <= max)
     };
-    // Rows of one value per feature, each checked against its feature's bounds.
-    let rows = |features: usize, row_good: &dyn Fn(&[u8]) -> bool| {
-        data.chunks(4 * features).fold(true, |ok, row| ok & row_good(row))
-    };
-    match (mins, maxs) {
-        ([min], [max]) => data.chunks_exact(4).fold(true, |ok, b| ok & good(b, *min, *max)),
-        ([min], maxs) => rows(maxs.len(), &|row| {
-            row.chunks_exact(4).zip(maxs).fold(true, |ok, (b, max)| ok & good(b, *min, *max))
-        }),
-        (mins, [max]) => rows(mins.len(), &|row| {
-            row.chunks_exact(4).zip(mins).fold(true, |ok, (b, min)| ok & good(b, *min, *max))
-        }),
-        (mins, maxs) => rows(mins.len(), &|row| {
-            row.chunks_exact(4)
-                .zip(mins.iter().zip(maxs))
-                .fold(true, |ok, (b, (min, max))| ok & good(b, *min, *max))
-        }),
+    if let ([min], [max]) = (mins, maxs) {
+        return data.chunks_exact(4).fold(true, |ok, b| ok & good(b, *min, *max));
     }
+    // Rows of one value per feature; a single bound on one side repeats along the row.
+    let features = mins.len().max(maxs.len());
+    data.chunks(4 * features).fold(true, |ok, row| {
+        row.chunks_exact(4)
+            .zip(mins.iter().cycle().zip(maxs.iter().cycle()))
+            .fold(ok, |ok, (b, (min, max))| ok & good(b, *min, *max))
+    })
 }
 
 /// The index and value of the first value that is not finite or lies outside its bounds; value

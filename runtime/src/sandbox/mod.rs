@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use warden_wire::guest::{ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunResponse};
+use warden_wire::guest::{
+    ABI_VERSION, InspectRequest, LoadRequest, ModelInfo, Reply, RunResponse, TensorParts,
+};
 use wasmtime::{
     Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap, TypedFunc,
@@ -526,29 +528,15 @@ struct RunInputs<'a>(&'a [Tensor]);
 impl Serialize for RunInputs<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        /// One tensor as a `TensorRef`: name, dtype, shape, and the data as bytes.
-        struct AsRef<'a>(&'a Tensor);
-        impl Serialize for AsRef<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut s = serializer.serialize_struct("TensorRef", 4)?;
-                s.serialize_field("name", &self.0.name)?;
-                s.serialize_field("dtype", &self.0.dtype)?;
-                s.serialize_field("shape", &self.0.shape)?;
-                s.serialize_field("data", &Bytes(&self.0.data))?;
-                s.end()
-            }
-        }
-        /// Bytes as bytes: one length and a copy, as `TensorRef` encodes its data.
-        struct Bytes<'a>(&'a [u8]);
-        impl Serialize for Bytes<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_bytes(self.0)
-            }
-        }
         struct All<'a>(&'a [Tensor]);
         impl Serialize for All<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.iter().map(AsRef))
+                serializer.collect_seq(self.0.iter().map(|t| TensorParts {
+                    name: &t.name,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                    data: &t.data,
+                }))
             }
         }
         let mut s = serializer.serialize_struct("RunRequest", 1)?;

@@ -6,13 +6,14 @@
 //! nothing: no files, no network, no environment, no arguments.
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox
-//! with native tract running identical code, except for four ops the WebAssembly build swaps
+//! with native tract running identical code, except for five ops the WebAssembly build swaps
 //! in: a vectorized 2x2 stride-2 max-pool (`maxpool`), where tract's own calls `fmaxf` per
-//! element; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own calls the
-//! op through a function pointer per element; the lazy im2col gather (`im2col`), where tract's
-//! own loads and stores one value at a time; and the transposing pack of a matrix product's
-//! operand (`pack`), where tract's own 4x4 tiles are scalar in WebAssembly. All four give
-//! tract's results bit for bit.
+//! element, with a ReLU in front of it folded in; a constant pad by whole rows (`pad`), where
+//! tract's own fills one element at a time; f32 add/subtract/multiply by a repeated row
+//! (`rowbin`), where tract's own calls the op through a function pointer per element; the lazy
+//! im2col gather (`im2col`), where tract's own loads and stores one value at a time; and the
+//! transposing pack of a matrix product's operand (`pack`), where tract's own 4x4 tiles are
+//! scalar in WebAssembly. All five give tract's results bit for bit.
 //!
 //! Unsafe code is denied everywhere but in `im2col` and `pack`, which write packed panels
 //! through raw pointers as tract's own packing code does, reading only what a probe of tract's
@@ -27,6 +28,8 @@ mod im2col;
 mod maxpool;
 #[cfg(any(target_arch = "wasm32", test))]
 mod pack;
+#[cfg(any(target_arch = "wasm32", test))]
+mod pad;
 #[cfg(any(target_arch = "wasm32", test))]
 mod probe;
 #[cfg(any(target_arch = "wasm32", test))]

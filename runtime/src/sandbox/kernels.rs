@@ -126,13 +126,19 @@ impl HostKernels {
     pub(crate) fn depthwise_c(&self, memory: &mut [u8], args: &Args) -> Result<i32, KernelFault> {
         let Some(depthwise) = &self.depthwise else { return Ok(-1) };
         depthwise.run(memory, args)?;
-        self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(0)
     }
 
-    /// Tiles and depthwise runs done so far.
+    /// Tiles and depthwise runs done so far, as added by [`HostKernels::add_calls`].
     pub(crate) fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Adds one guest call's count of tiles and depthwise runs (counted in its store).
+    pub(crate) fn add_calls(&self, n: u64) {
+        if n > 0 {
+            self.calls.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// `mmm_kernels`: the listing's length, written to `buf` if it fits.
@@ -219,7 +225,6 @@ impl HostKernels {
         for (i, w) in words.chunks_exact(WORDS_PER_OP).take(count).enumerate() {
             spec[i] = decode(memory.len(), base, ker, w)?;
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(call_native(ker.run, &spec[..=count]))
     }
 }
@@ -332,7 +337,14 @@ pub(crate) fn in_memory(mem_len: usize, addr: u32, len: u64) -> Result<usize, Ke
 /// A host pointer to `len` bytes at guest address `addr`, aligned to `align` bytes.
 fn pointer(mem_len: usize, base: *mut u8, addr: u32, len: u64, align: usize) -> Result<*mut u8, KernelFault> {
     let ptr = base.wrapping_add(in_memory(mem_len, addr, len)?);
-    if !(ptr as usize).is_multiple_of(align.max(1)) {
+    // tract's packings align to powers of two: a mask, not a 64-bit division per panel (4.7%
+    // of the import's own time in a profile of recognition).
+    let misaligned = if align.is_power_of_two() {
+        ptr as usize & (align - 1) != 0
+    } else {
+        !(ptr as usize).is_multiple_of(align.max(1))
+    };
+    if misaligned {
         return Err(KernelFault(format!("address {addr:#x} is not aligned to {align} bytes")));
     }
     Ok(ptr)
@@ -477,8 +489,6 @@ mod tests {
                 assert!((got - want).abs() < 1e-3, "c[{i}][{j}] = {got}, want {want}");
             }
         }
-        assert_eq!(kernels.calls(), 1);
-
         let top = mem.len() as u32;
         let refused = [
             ("a panel past the end", [op::ADD_MAT_MUL, k as u32, top - 64, pb as u32, 0]),
@@ -501,7 +511,6 @@ mod tests {
         assert!(kernels.run(mem, index as u32, top - 8, 1).is_err(), "an op list past the end");
         assert!(kernels.run(mem, index as u32, ops as u32, 33).is_err(), "too many ops");
         assert!(kernels.run(mem, 9999, ops as u32, 1).is_err(), "no such kernel");
-        assert_eq!(kernels.calls(), 1, "a refused call ran the kernel");
     }
 
     /// A tile spanning more than 2 GiB is refused even inside a 4 GiB memory: a kernel's 32-bit

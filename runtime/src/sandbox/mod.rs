@@ -146,24 +146,27 @@ struct StoreState {
     /// The guest's memory, once instantiated: what the kernel imports read and write.
     memory: Option<Memory>,
     kernels: Arc<HostKernels>,
+    /// Host kernel calls in the current guest call, added to the sandbox's count when it
+    /// returns: an atomic add on one counter shared by every instance cost each tile a locked
+    /// instruction (the largest single item of the import's own time).
+    kernel_calls: u64,
 }
 
-/// The guest's memory and the kernels, for one import call.
+/// The guest's memory and the store's state, for one import call.
 fn kernel_env<'a>(
     caller: &'a mut Caller<'_, StoreState>,
-) -> Result<(&'a mut [u8], &'a HostKernels), KernelFault> {
+) -> Result<(&'a mut [u8], &'a mut StoreState), KernelFault> {
     let memory =
         caller.data().memory.ok_or_else(|| KernelFault("called before the instance was set up".into()))?;
-    let (data, state) = memory.data_and_store_mut(caller);
-    Ok((data, &state.kernels))
+    Ok(memory.data_and_store_mut(caller))
 }
 
 /// Defines the kernel imports (`warden_wire::guest::kernels`).
 fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     use warden_wire::guest::kernels::{DEPTHWISE_C, LIST, MODULE, PICK, RUN};
     linker.func_wrap(MODULE, LIST, |mut caller: Caller<'_, StoreState>, buf: u32, cap: u32| {
-        let (memory, kernels) = kernel_env(&mut caller)?;
-        Ok(kernels.list(memory, buf, cap)?)
+        let (memory, state) = kernel_env(&mut caller)?;
+        Ok(state.kernels.list(memory, buf, cap)?)
     })?;
     linker.func_wrap(MODULE, PICK, |caller: Caller<'_, StoreState>, m: i64, k: i64, n: i64| {
         caller.data().kernels.pick(m, k, n)
@@ -172,8 +175,10 @@ fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         MODULE,
         RUN,
         |mut caller: Caller<'_, StoreState>, kernel: u32, ops: u32, count: u32| {
-            let (memory, kernels) = kernel_env(&mut caller)?;
-            Ok(kernels.run(memory, kernel, ops, count)?)
+            let (memory, state) = kernel_env(&mut caller)?;
+            let done = state.kernels.run(memory, kernel, ops, count)?;
+            state.kernel_calls += 1;
+            Ok(done)
         },
     )?;
     #[allow(clippy::too_many_arguments)]
@@ -207,8 +212,10 @@ fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
                 in_stride,
                 out_stride,
             };
-            let (memory, kernels) = kernel_env(&mut caller)?;
-            Ok(kernels.depthwise_c(memory, &args)?)
+            let (memory, state) = kernel_env(&mut caller)?;
+            let done = state.kernels.depthwise_c(memory, &args)?;
+            state.kernel_calls += u64::from(done == 0);
+            Ok(done)
         },
     )?;
     Ok(())
@@ -313,6 +320,7 @@ impl Sandbox {
             stderr,
             memory: None,
             kernels: self.kernels.clone(),
+            kernel_calls: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -422,6 +430,8 @@ impl GuestInstance {
             self.funcs.take().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
         let result = self.call_with(&funcs, which(&funcs), request, timeout);
         self.funcs = Some(funcs);
+        let state = self.store.data_mut();
+        state.kernels.add_calls(std::mem::take(&mut state.kernel_calls));
         result
     }
 

@@ -193,6 +193,7 @@ impl Engine {
         // In the sandbox only: native tract stays tract's own, for the benchmarks to compare.
         #[cfg(target_arch = "wasm32")]
         let model = {
+            let model = crate::label::swapped_in(model);
             let model = crate::maxpool::swapped_in(model);
             let model = crate::rowbin::swapped_in(model);
             let model = crate::pad::swapped_in(model);

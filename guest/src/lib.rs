@@ -7,7 +7,9 @@
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox
 //! with native tract running identical code, except for five ops the WebAssembly build swaps
-//! in: a vectorized 2x2 stride-2 max-pool (`maxpool`), where tract's own calls `fmaxf` per
+//! in, and one cast it drops (`label`: an int64 output tract casts to its `TDim` type and back,
+//! losing all but 32 bits, is passed through as it is): a vectorized 2x2 stride-2 max-pool
+//! (`maxpool`), where tract's own calls `fmaxf` per
 //! element, with a ReLU in front of it folded in; a constant pad by whole rows (`pad`), where
 //! tract's own fills one element at a time; f32 add/subtract/multiply by a repeated row
 //! (`rowbin`), where tract's own calls the op through a function pointer per element; the lazy
@@ -24,6 +26,8 @@ mod engine;
 // Natively only its test: native tract stays tract's own.
 #[cfg(any(target_arch = "wasm32", test))]
 mod im2col;
+#[cfg(any(target_arch = "wasm32", test))]
+mod label;
 #[cfg(any(target_arch = "wasm32", test))]
 mod maxpool;
 #[cfg(any(target_arch = "wasm32", test))]

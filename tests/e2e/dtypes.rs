@@ -45,3 +45,20 @@ fn every_dtype_crosses_the_sandbox() {
     assert_eq!(out[6].data, vec![0, 1, 0, 0, 1, 1]);
     assert!(out.iter().all(|t| t.shape == shape));
 }
+
+/// An int64 output that passes through a `Cast`, as a classifier's label does, comes back whole.
+/// tract-onnx makes that cast one to its `TDim` type, whose round trip keeps 32 bits (the sandbox
+/// answered 0 for `1 << 62` before the guest passed such casts through; `guest/src/label.rs`).
+#[test]
+fn int64_outputs_beyond_32_bits_survive_a_cast() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let m = manifest("cast_i64", &[("label", DType::I64, &[1, 4])], &[("out", DType::I64, &[4])]);
+    let bytes = std::fs::read(root().join("tests/fixtures/dtypes/cast_i64.onnx")).unwrap();
+    let bundle = publisher.bundle(&dir.path().join("repo"), &m, &bytes);
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+    let values = [1 << 62, -(1 << 40), 7, i64::MIN];
+    let out = model.infer(vec![Tensor::from_i64("label", &[1, 4], &values)]).unwrap();
+    assert_eq!(out[0].to_i64().unwrap(), values);
+}

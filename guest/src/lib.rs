@@ -6,8 +6,9 @@
 //! nothing: no files, no network, no environment, no arguments.
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox
-//! with native tract running identical code, except for five ops the WebAssembly build swaps
-//! in, and one cast it drops (`label`: an int64 output tract casts to its `TDim` type and back,
+//! with native tract running identical code, except for six ops the WebAssembly build swaps
+//! in (the five below, and a hard-swish in one loop, `hardswish`, where tract makes two chains
+//! of element-wise passes), and one cast it drops (`label`: an int64 output tract casts to its `TDim` type and back,
 //! losing all but 32 bits, is passed through as it is): a vectorized 2x2 stride-2 max-pool
 //! (`maxpool`), where tract's own calls `fmaxf` per
 //! element, with a ReLU in front of it folded in; a constant pad by whole rows (`pad`), where
@@ -15,7 +16,7 @@
 //! (`rowbin`), where tract's own calls the op through a function pointer per element; the lazy
 //! im2col gather (`im2col`), where tract's own loads and stores one value at a time; and the
 //! transposing pack of a matrix product's operand (`pack`), where tract's own 4x4 tiles are
-//! scalar in WebAssembly. All five give tract's results bit for bit.
+//! scalar in WebAssembly. All six give tract's results bit for bit.
 //!
 //! Unsafe code is denied everywhere but in `im2col` and `pack`, which write packed panels
 //! through raw pointers as tract's own packing code does, reading only what a probe of tract's
@@ -24,6 +25,8 @@
 
 mod engine;
 // Natively only its test: native tract stays tract's own.
+#[cfg(any(target_arch = "wasm32", test))]
+mod hardswish;
 #[cfg(any(target_arch = "wasm32", test))]
 mod im2col;
 #[cfg(any(target_arch = "wasm32", test))]

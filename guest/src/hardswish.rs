@@ -37,18 +37,12 @@ pub fn swapped_in(mut model: TypedModel) -> TypedModel {
     let mut fused = false;
     for id in 0..model.nodes.len() {
         let Some((op, inputs)) = gated(&model, id) else { continue };
-        rewire(&mut model, id, &inputs);
+        crate::graph::rewire(&mut model, id, &inputs);
         model.nodes[id].op = Box::new(op);
         fused = true;
     }
-    // Drops the gate chains no one reads any more; a model it cannot compact is left as it was.
-    if fused {
-        let mut compacted = model.clone();
-        if compacted.compact().is_ok() {
-            return compacted;
-        }
-    }
-    model
+    // Drops the gate chains no one reads any more.
+    if fused { crate::graph::compacted(model) } else { model }
 }
 
 /// The fused op and its inputs for node `id`, if it is the second chain of a hard-swish.
@@ -85,17 +79,6 @@ fn shapes(a: &OptBinChain, b: &OptBinChain) -> bool {
             | [(Mul, Lockstep), (Mul, PerBlock), (Add, PerBlock), (Add, Lockstep)]
     );
     gate && tail
-}
-
-/// Makes `inputs` node `id`'s inputs, keeping every outlet's list of readers true.
-fn rewire(model: &mut TypedModel, id: usize, inputs: &[OutletId]) {
-    for old in std::mem::take(&mut model.nodes[id].inputs) {
-        model.nodes[old.node].outputs[old.slot].successors.retain(|s| s.node != id);
-    }
-    for (slot, outlet) in inputs.iter().enumerate() {
-        model.nodes[outlet.node].outputs[outlet.slot].successors.push(InletId::new(id, slot));
-    }
-    model.nodes[id].inputs = inputs.to_vec();
 }
 
 impl Op for HardSwish {

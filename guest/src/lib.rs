@@ -26,6 +26,8 @@
 mod engine;
 // Natively only its test: native tract stays tract's own.
 #[cfg(any(target_arch = "wasm32", test))]
+mod graph;
+#[cfg(any(target_arch = "wasm32", test))]
 mod hardswish;
 #[cfg(any(target_arch = "wasm32", test))]
 mod im2col;

@@ -10,8 +10,8 @@
 //!
 //! A ReLU right before the pool (tract's by-scalar `max` with `+0.0`, whose only reader is the
 //! pool) is folded into it: the pool then starts its fold from `+0.0` instead of `f32::MIN`.
-//! The ReLU is monotone, so pooling first gives the same values, and with `f32::max`'s rules
-//! (a NaN loses, `max(-0.0, +0.0)` is `+0.0`) the same bits; the ReLU's own pass over the
+//! The ReLU is monotone, so pooling first gives the same values, and with the rules of
+//! tract's WebAssembly ReLU (`pmax(0, v)`: a NaN or a -0.0 gives +0.0) the same bits; the ReLU's own pass over the
 //! pool's four-times-larger input is gone (2.8% of the generated CNN's sandbox samples: tract
 //! cannot fuse it into the convolution's kernel across the reshape between them).
 
@@ -43,14 +43,8 @@ pub fn swapped_in(mut model: TypedModel) -> TypedModel {
         folded |= relu;
         model.nodes[id].op = Box::new(StridedMaxPool { pool, relu });
     }
-    // Drops the ReLUs no one reads any more; a model it cannot compact is left as it was.
-    if folded {
-        let mut compacted = model.clone();
-        if compacted.compact().is_ok() {
-            return compacted;
-        }
-    }
-    model
+    // Drops the ReLUs no one reads any more.
+    if folded { crate::graph::compacted(model) } else { model }
 }
 
 /// Rewires the pool `pool` to read past a ReLU in front of it, if there is one it may fold:
@@ -77,9 +71,7 @@ fn fold_relu(model: &mut TypedModel, pool: usize) -> bool {
     {
         return false;
     }
-    model.nodes[input.node].outputs[0].successors.clear();
-    model.nodes[pool].inputs[0] = data;
-    model.nodes[data.node].outputs[data.slot].successors.push(InletId::new(pool, 0));
+    crate::graph::rewire(model, pool, &[data]);
     true
 }
 
@@ -116,7 +108,7 @@ impl EvalOp for StridedMaxPool {
         let mut outputs = self.pool.eval(ctx, inputs)?;
         if self.relu {
             let mut out = outputs.remove(0).into_tensor();
-            // `f32::max(v, 0.0)`, tract's ReLU: a NaN gives +0.0, and so does -0.0.
+            // tract's ReLU in WebAssembly, `pmax(0, v)`: a NaN gives +0.0, and so does -0.0.
             let relu = |v: &mut f32| *v = if 0.0 < *v { *v } else { 0.0 };
             out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.iter_mut().for_each(relu);
             outputs.insert(0, out.into_tvalue());

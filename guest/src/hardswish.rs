@@ -29,6 +29,20 @@ use tract_onnx::tract_core::tract_linalg::multithread::BShare;
 pub struct HardSwish {
     a: OptBinChain,
     b: OptBinChain,
+    /// What `b` does after its multiply by the scalar, read off its steps at load.
+    after: After,
+}
+
+/// The steps of the second chain after `* m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    /// `+ c`, a scalar.
+    Shift,
+    /// `+ r`, one value per element.
+    Residual,
+    /// `+ c`, then `+ r`.
+    ShiftResidual,
 }
 
 /// `model` with every hard-swish pair of chains (the gate read by nothing else) replaced by a
@@ -56,29 +70,32 @@ fn gated(model: &TypedModel, id: usize) -> Option<(HardSwish, Vec<OutletId>)> {
         && gate_node.outputs[0].successors.len() == 1
         && !model.outputs.contains(&gate);
     let f32_input = model.outlet_fact(x).is_ok_and(|f| f.datum_type == f32::datum_type());
-    if gate_node.inputs.first() != Some(&x) || !gate_read_once || !f32_input || !shapes(a, b) {
+    let after = steps(a, b)?;
+    if gate_node.inputs.first() != Some(&x) || !gate_read_once || !f32_input {
         return None;
     }
     let inputs = std::iter::once(x)
         .chain(gate_node.inputs[1..].iter().copied())
         .chain(node.inputs[2..].iter().copied())
         .collect();
-    Some((HardSwish { a: a.clone(), b: b.clone() }, inputs))
+    Some((HardSwish { a: a.clone(), b: b.clone(), after }, inputs))
 }
 
-/// Whether `a` and `b` have the step lists [`HardSwish`] computes.
-fn shapes(a: &OptBinChain, b: &OptBinChain) -> bool {
+/// What `b` does after its multiply, if `a` and `b` have the step lists [`HardSwish`] computes.
+fn steps(a: &OptBinChain, b: &OptBinChain) -> Option<After> {
     use BShare::{Lockstep, PerBlock};
     use BinOp::{Add, Max, Min, Mul};
     let steps = |c: &OptBinChain| c.steps.iter().map(|s| (s.linalg_op, s.share)).collect::<Vec<_>>();
-    let gate = steps(a) == [(Add, PerBlock), (Max, PerBlock), (Min, PerBlock)];
-    let tail = matches!(
-        &steps(b)[..],
-        [(Mul, Lockstep), (Mul, PerBlock)]
-            | [(Mul, Lockstep), (Mul, PerBlock), (Add, PerBlock | Lockstep)]
-            | [(Mul, Lockstep), (Mul, PerBlock), (Add, PerBlock), (Add, Lockstep)]
-    );
-    gate && tail
+    if steps(a) != [(Add, PerBlock), (Max, PerBlock), (Min, PerBlock)] {
+        return None;
+    }
+    match &steps(b)[..] {
+        [(Mul, Lockstep), (Mul, PerBlock)] => Some(After::Nothing),
+        [(Mul, Lockstep), (Mul, PerBlock), (Add, PerBlock)] => Some(After::Shift),
+        [(Mul, Lockstep), (Mul, PerBlock), (Add, Lockstep)] => Some(After::Residual),
+        [(Mul, Lockstep), (Mul, PerBlock), (Add, PerBlock), (Add, Lockstep)] => Some(After::ShiftResidual),
+        _ => None,
+    }
 }
 
 impl Op for HardSwish {
@@ -151,31 +168,26 @@ impl HardSwish {
             let g = if s2 < g { g } else { s2 };
             x * if g < s3 { g } else { s3 }
         };
-        // What follows the multiply: nothing, `+ c`, `+ r`, or `+ c` then `+ r`.
-        let shares: Vec<BShare> = self.b.steps[2..].iter().map(|s| s.share).collect();
-        let tail_values: Vec<&[f32]> = operands[4..]
-            .iter()
-            .map(|t| t.try_as_plain_ram()?.as_slice::<f32>())
-            .collect::<TractResult<_>>()?;
-        // Checked before `x` is taken: each tail operand is one value or one per element.
-        let fits = shares.iter().zip(&tail_values).all(|(share, v)| match share {
-            BShare::PerBlock => v.len() == 1,
-            BShare::Lockstep => v.len() == n,
-        });
-        if !fits {
+        // The operands after the multiply's, checked before `x` is taken.
+        let values = |i: usize| -> TractResult<&[f32]> { operands[i].try_as_plain_ram()?.as_slice::<f32>() };
+        let (c, r) = match self.after {
+            After::Nothing => (None, None),
+            After::Shift => (scalar(4)?, None),
+            After::Residual => (None, Some(values(4)?)),
+            After::ShiftResidual => (scalar(4)?, Some(values(5)?)),
+        };
+        let shift_fits = c.is_some() == matches!(self.after, After::Shift | After::ShiftResidual);
+        if !shift_fits || r.is_some_and(|r| r.len() != n) {
             return Ok(Err(x));
         }
         let mut y = x.into_tensor();
         let mut view = y.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
-        match (&shares[..], &tail_values[..]) {
-            ([], []) => out.iter_mut().for_each(|v| *v = gated(*v) * m),
-            ([BShare::PerBlock], [[c]]) => out.iter_mut().for_each(|v| *v = gated(*v) * m + c),
-            ([BShare::Lockstep], [r]) => out.iter_mut().zip(*r).for_each(|(v, r)| *v = gated(*v) * m + r),
-            ([BShare::PerBlock, BShare::Lockstep], [[c], r]) => {
-                out.iter_mut().zip(*r).for_each(|(v, r)| *v = gated(*v) * m + c + r)
-            }
-            _ => bail!("hard-swish tail {shares:?} (checked at load)"),
+        match (c, r) {
+            (None, None) => out.iter_mut().for_each(|v| *v = gated(*v) * m),
+            (Some(c), None) => out.iter_mut().for_each(|v| *v = gated(*v) * m + c),
+            (None, Some(r)) => out.iter_mut().zip(r).for_each(|(v, r)| *v = gated(*v) * m + r),
+            (Some(c), Some(r)) => out.iter_mut().zip(r).for_each(|(v, r)| *v = gated(*v) * m + c + r),
         }
         Ok(Ok(y))
     }
@@ -192,6 +204,10 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     enum Tail {
         None,
+        /// `+ 0.25`.
+        Shift,
+        /// `+ r`.
+        Residual,
         /// `+ 0.25`, then `+ r`: the one-loop path.
         ShiftAndResidual,
         /// `- 0.25`, `0.25 - y`, `- r`: not a tail the loop computes.
@@ -224,6 +240,8 @@ mod tests {
         let quarter = scalar(&mut model, "quarter", 0.25);
         match tail {
             Tail::None => {}
+            Tail::Shift => y = model.wire_node("shift", math::add(), &[y[0], quarter]).unwrap(),
+            Tail::Residual => y = model.wire_node("residual", math::add(), &[y[0], r]).unwrap(),
             Tail::ShiftAndResidual => {
                 y = model.wire_node("shift", math::add(), &[y[0], quarter]).unwrap();
                 y = model.wire_node("residual", math::add(), &[y[0], r]).unwrap();
@@ -266,7 +284,8 @@ mod tests {
     #[test]
     fn runs_tracts_two_chains_in_one_loop_bit_for_bit() {
         for shape in [vec![1usize, 4, 3, 5], vec![1, 7, 37, 29]] {
-            for tail in [Tail::None, Tail::ShiftAndResidual, Tail::Subtractions] {
+            for tail in [Tail::None, Tail::Shift, Tail::Residual, Tail::ShiftAndResidual, Tail::Subtractions]
+            {
                 let model = hard_swish(&shape, tail, false);
                 let chains = model.nodes.iter().filter(|n| n.op_is::<OptBinChain>()).count();
                 assert!(chains >= 2, "tract no longer makes two chains ({chains})");

@@ -218,59 +218,29 @@ unsafe fn depthwise_c_avx(
     in_stride: isize,
     out_stride: isize,
 ) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's contract covers every pointer formed below.
+    // SAFETY: the caller's contract covers every element read or written below: position
+    // `i < len`, channel `c < channels`.
     unsafe {
-        for i in 0..len {
-            let iptr = input.offset(i as isize * in_stride);
-            let optr = output.offset(i as isize * out_stride);
-            let mut c = 0usize;
-            while c + 32 <= channels {
-                let mut acc0 = _mm256_loadu_ps(bias.add(c));
-                let mut acc1 = _mm256_loadu_ps(bias.add(c + 8));
-                let mut acc2 = _mm256_loadu_ps(bias.add(c + 16));
-                let mut acc3 = _mm256_loadu_ps(bias.add(c + 24));
-                for (&kix, &off) in tap_indices.iter().zip(offsets) {
-                    let kt = kernel.add(kix * k_stride + c);
-                    let xt = iptr.offset(off).add(c);
-                    acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(xt), _mm256_loadu_ps(kt)));
-                    acc1 = _mm256_add_ps(
-                        acc1,
-                        _mm256_mul_ps(_mm256_loadu_ps(xt.add(8)), _mm256_loadu_ps(kt.add(8))),
-                    );
-                    acc2 = _mm256_add_ps(
-                        acc2,
-                        _mm256_mul_ps(_mm256_loadu_ps(xt.add(16)), _mm256_loadu_ps(kt.add(16))),
-                    );
-                    acc3 = _mm256_add_ps(
-                        acc3,
-                        _mm256_mul_ps(_mm256_loadu_ps(xt.add(24)), _mm256_loadu_ps(kt.add(24))),
-                    );
-                }
-                _mm256_storeu_ps(optr.add(c), acc0);
-                _mm256_storeu_ps(optr.add(c + 8), acc1);
-                _mm256_storeu_ps(optr.add(c + 16), acc2);
-                _mm256_storeu_ps(optr.add(c + 24), acc3);
-                c += 32;
-            }
-            while c + 8 <= channels {
-                let mut acc = _mm256_loadu_ps(bias.add(c));
-                for (&kix, &off) in tap_indices.iter().zip(offsets) {
-                    let x = _mm256_loadu_ps(iptr.offset(off).add(c));
-                    acc =
-                        _mm256_add_ps(acc, _mm256_mul_ps(x, _mm256_loadu_ps(kernel.add(kix * k_stride + c))));
-                }
-                _mm256_storeu_ps(optr.add(c), acc);
-                c += 8;
-            }
-            while c < channels {
-                let mut sum = *bias.add(c);
-                for (&kix, &off) in tap_indices.iter().zip(offsets) {
-                    sum += *kernel.add(kix * k_stride + c) * *iptr.offset(off).add(c);
-                }
-                *optr.add(c) = sum;
-                c += 1;
-            }
+        let run = Run {
+            input,
+            output,
+            kernel,
+            tap_indices,
+            offsets,
+            bias,
+            channels,
+            k_stride,
+            in_stride,
+            out_stride,
+        };
+        let mut i = 0;
+        while i + AVX_POSITIONS <= len {
+            run.avx_positions::<AVX_POSITIONS>(i);
+            i += AVX_POSITIONS;
+        }
+        while i < len {
+            run.avx_positions::<1>(i);
+            i += 1;
         }
     }
 }
@@ -301,7 +271,7 @@ unsafe fn depthwise_c_avx512(
     // SAFETY: the caller's contract covers every element read or written below: position
     // `i < len`, channel `c + lane < channels`.
     unsafe {
-        let run = Avx512Run {
+        let run = Run {
             input,
             output,
             kernel,
@@ -314,12 +284,12 @@ unsafe fn depthwise_c_avx512(
             out_stride,
         };
         let mut i = 0;
-        while i + POSITIONS <= len {
-            run.positions::<POSITIONS>(i);
-            i += POSITIONS;
+        while i + AVX512_POSITIONS <= len {
+            run.avx512_positions::<AVX512_POSITIONS>(i);
+            i += AVX512_POSITIONS;
         }
         while i < len {
-            run.positions::<1>(i);
+            run.avx512_positions::<1>(i);
             i += 1;
         }
     }
@@ -327,13 +297,19 @@ unsafe fn depthwise_c_avx512(
 
 /// Output positions [`depthwise_c_avx512`] computes together. Each output's sum is a chain of
 /// dependent adds (one per tap, in tap order, for the same bits as the guest's kernel); running
-/// several positions at once gives the CPU independent chains to overlap.
+/// several positions at once gives the CPU independent chains to overlap. Four positions of 64
+/// channels are 16 of AVX-512's 32 vector registers.
 #[cfg(target_arch = "x86_64")]
-const POSITIONS: usize = 4;
+const AVX512_POSITIONS: usize = 4;
 
-/// One [`depthwise_c_avx512`] call's operands.
+/// Output positions [`depthwise_c_avx`] computes together; two positions of 32 channels are 8
+/// of AVX's 16 vector registers.
 #[cfg(target_arch = "x86_64")]
-struct Avx512Run<'a> {
+const AVX_POSITIONS: usize = 2;
+
+/// One depthwise call's operands, for the x86-64 kernels.
+#[cfg(target_arch = "x86_64")]
+struct Run<'a> {
     input: *const f32,
     output: *mut f32,
     kernel: *const f32,
@@ -348,7 +324,7 @@ struct Avx512Run<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-impl Avx512Run<'_> {
+impl Run<'_> {
     /// Positions `i..i + P`, every channel: 64 at a time, then 16 at a time, the last block
     /// masked.
     ///
@@ -356,7 +332,7 @@ impl Avx512Run<'_> {
     /// As [`depthwise_c_avx512`], for positions `i..i + P` of the run.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn positions<const P: usize>(&self, i: usize) {
+    unsafe fn avx512_positions<const P: usize>(&self, i: usize) {
         use std::arch::x86_64::*;
         // SAFETY: the caller's; channel `c + lane` only for `c + lane < channels`.
         unsafe {
@@ -401,6 +377,73 @@ impl Avx512Run<'_> {
                     _mm512_mask_storeu_ps(optr.add(c), mask, acc);
                 }
                 c += 16;
+            }
+        }
+    }
+
+    /// Positions `i..i + P`, every channel: 32 at a time, then 8, then one, as the WebAssembly
+    /// kernel's loops at eight lanes.
+    ///
+    /// # Safety
+    /// As [`depthwise_c_avx`], for positions `i..i + P` of the run.
+    #[target_feature(enable = "avx")]
+    #[inline]
+    unsafe fn avx_positions<const P: usize>(&self, i: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's; channel `c + lane` only for `c + lane < channels`.
+        unsafe {
+            let iptr: [*const f32; P] =
+                std::array::from_fn(|p| self.input.offset((i + p) as isize * self.in_stride));
+            let optr: [*mut f32; P] =
+                std::array::from_fn(|p| self.output.offset((i + p) as isize * self.out_stride));
+            let mut c = 0usize;
+            while c + 32 <= self.channels {
+                let b = [0, 8, 16, 24].map(|j| _mm256_loadu_ps(self.bias.add(c + j)));
+                let mut acc = [b; P];
+                for (&kix, &off) in self.tap_indices.iter().zip(self.offsets) {
+                    let kt = self.kernel.add(kix * self.k_stride + c);
+                    let k = [0, 8, 16, 24].map(|j| _mm256_loadu_ps(kt.add(j)));
+                    for (acc, iptr) in acc.iter_mut().zip(iptr) {
+                        let xt = iptr.offset(off).add(c);
+                        for (j, (acc, k)) in acc.iter_mut().zip(k).enumerate() {
+                            let x = _mm256_loadu_ps(xt.add(8 * j));
+                            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, k));
+                        }
+                    }
+                }
+                for (acc, optr) in acc.into_iter().zip(optr) {
+                    for (j, acc) in acc.into_iter().enumerate() {
+                        _mm256_storeu_ps(optr.add(c + 8 * j), acc);
+                    }
+                }
+                c += 32;
+            }
+            while c + 8 <= self.channels {
+                let mut acc = [_mm256_loadu_ps(self.bias.add(c)); P];
+                for (&kix, &off) in self.tap_indices.iter().zip(self.offsets) {
+                    let k = _mm256_loadu_ps(self.kernel.add(kix * self.k_stride + c));
+                    for (acc, iptr) in acc.iter_mut().zip(iptr) {
+                        let x = _mm256_loadu_ps(iptr.offset(off).add(c));
+                        *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, k));
+                    }
+                }
+                for (acc, optr) in acc.into_iter().zip(optr) {
+                    _mm256_storeu_ps(optr.add(c), acc);
+                }
+                c += 8;
+            }
+            while c < self.channels {
+                let mut sum = [*self.bias.add(c); P];
+                for (&kix, &off) in self.tap_indices.iter().zip(self.offsets) {
+                    let k = *self.kernel.add(kix * self.k_stride + c);
+                    for (sum, iptr) in sum.iter_mut().zip(iptr) {
+                        *sum += k * *iptr.offset(off).add(c);
+                    }
+                }
+                for (sum, optr) in sum.into_iter().zip(optr) {
+                    *optr.add(c) = sum;
+                }
+                c += 1;
             }
         }
     }

@@ -196,104 +196,75 @@ fn elements(
     Ok(base.wrapping_add(addr as usize).cast())
 }
 
-/// The channel-inner depthwise run (tract-linalg's `DepthwiseCF32` contract) with AVX: the
-/// WebAssembly kernel's loops at eight lanes, 32 channels at a time, then 8, then one.
-///
-/// # Safety
-/// As the contract: every element index formed from each pointer must be valid (see
-/// `DepthwiseCF32`), and the CPU must have AVX.
+/// Defines one x86-64 kernel of tract-linalg's `DepthwiseCF32` contract: the arguments as a
+/// [`Run`], its positions `$group` at a time by `Run::$positions`, the rest one at a time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[allow(clippy::too_many_arguments, unsafe_code)]
-unsafe fn depthwise_c_avx(
-    input: *const f32,
-    output: *mut f32,
-    kernel: *const f32,
-    tap_indices: &[usize],
-    offsets: &[isize],
-    bias: *const f32,
-    channels: usize,
-    k_stride: usize,
-    len: usize,
-    in_stride: isize,
-    out_stride: isize,
-) {
-    // SAFETY: the caller's contract covers every element read or written below: position
-    // `i < len`, channel `c < channels`.
-    unsafe {
-        let run = Run {
-            input,
-            output,
-            kernel,
-            tap_indices,
-            offsets,
-            bias,
-            channels,
-            k_stride,
-            in_stride,
-            out_stride,
-        };
-        let mut i = 0;
-        while i + AVX_POSITIONS <= len {
-            run.avx_positions::<AVX_POSITIONS>(i);
-            i += AVX_POSITIONS;
+macro_rules! x86_kernel {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $positions:ident, $group:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments, unsafe_code)]
+        unsafe fn $name(
+            input: *const f32,
+            output: *mut f32,
+            kernel: *const f32,
+            tap_indices: &[usize],
+            offsets: &[isize],
+            bias: *const f32,
+            channels: usize,
+            k_stride: usize,
+            len: usize,
+            in_stride: isize,
+            out_stride: isize,
+        ) {
+            let run =
+                Run { input, output, kernel, tap_indices, offsets, bias, channels, k_stride, in_stride, out_stride };
+            // SAFETY: the caller's contract covers every element read or written: position
+            // `i < len`, channel `c < channels`.
+            unsafe {
+                let mut i = 0;
+                while i + $group <= len {
+                    run.$positions::<{ $group }>(i);
+                    i += $group;
+                }
+                while i < len {
+                    run.$positions::<1>(i);
+                    i += 1;
+                }
+            }
         }
-        while i < len {
-            run.avx_positions::<1>(i);
-            i += 1;
-        }
-    }
+    };
 }
 
-/// [`depthwise_c_avx`] sixteen lanes wide, for CPUs with AVX-512: 64 channels at a time, then
-/// 16 at a time, the last block masked. The same operations in the same order per lane, so the
-/// same bits. PP-OCR's depthwise runs, 8 lanes wide, took 13.9% of recognition's samples.
-///
-/// # Safety
-/// As [`depthwise_c_avx`], and the CPU must have AVX-512F. A masked load reads, and a masked
-/// store writes, no element of a lane the mask leaves out.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments, unsafe_code)]
-unsafe fn depthwise_c_avx512(
-    input: *const f32,
-    output: *mut f32,
-    kernel: *const f32,
-    tap_indices: &[usize],
-    offsets: &[isize],
-    bias: *const f32,
-    channels: usize,
-    k_stride: usize,
-    len: usize,
-    in_stride: isize,
-    out_stride: isize,
-) {
-    // SAFETY: the caller's contract covers every element read or written below: position
-    // `i < len`, channel `c + lane < channels`.
-    unsafe {
-        let run = Run {
-            input,
-            output,
-            kernel,
-            tap_indices,
-            offsets,
-            bias,
-            channels,
-            k_stride,
-            in_stride,
-            out_stride,
-        };
-        let mut i = 0;
-        while i + AVX512_POSITIONS <= len {
-            run.avx512_positions::<AVX512_POSITIONS>(i);
-            i += AVX512_POSITIONS;
-        }
-        while i < len {
-            run.avx512_positions::<1>(i);
-            i += 1;
-        }
-    }
-}
+x86_kernel!(
+    /// The channel-inner depthwise run (tract-linalg's `DepthwiseCF32` contract) with AVX: the
+    /// WebAssembly kernel's loops at eight lanes, 32 channels at a time, then 8, then one, for
+    /// [`AVX_POSITIONS`] output positions at a time.
+    ///
+    /// # Safety
+    /// As the contract: every element index formed from each pointer must be valid (see
+    /// `DepthwiseCF32`), and the CPU must have AVX.
+    depthwise_c_avx,
+    "avx",
+    avx_positions,
+    AVX_POSITIONS
+);
+
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    /// [`depthwise_c_avx`] sixteen lanes wide, for CPUs with AVX-512: 64 channels at a time,
+    /// then 16 at a time, the last block masked, for [`AVX512_POSITIONS`] output positions at a
+    /// time. The same operations in the same order per lane, so the same bits.
+    ///
+    /// # Safety
+    /// As [`depthwise_c_avx`], and the CPU must have AVX-512F. A masked load reads, and a
+    /// masked store writes, no element of a lane the mask leaves out.
+    depthwise_c_avx512,
+    "avx512f",
+    avx512_positions,
+    AVX512_POSITIONS
+);
 
 /// Output positions [`depthwise_c_avx512`] computes together. Each output's sum is a chain of
 /// dependent adds (one per tap, in tap order, for the same bits as the guest's kernel); running

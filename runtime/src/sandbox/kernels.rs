@@ -22,6 +22,9 @@ use super::depthwise::{Args, DepthwiseC};
 
 type KernelFn = unsafe fn(&[FusedKerSpec<f32>]) -> isize;
 
+/// Warden's own run of a kernel's op lists (`avx512_tiles`), for the ops it does.
+type TileFn = unsafe fn(&[FusedKerSpec<f32>]);
+
 /// Products with fewer multiply-adds stay in WebAssembly: a host call per tile costs more than
 /// it saves there. Measured (benches/README.md): breast_cancer's 16 x 30 x 1 product (480) took
 /// 1.106x the time natively, digits' 10 x 64 x 1 (640) about 1.05x; digits' 64 x 64 x 1 (4,096)
@@ -37,6 +40,10 @@ struct Native {
     b: PackedFormat,
     row_major_store: bool,
     run: KernelFn,
+    /// The same arithmetic with a faster store (`avx512_tiles`), where Warden has one for this
+    /// kernel: used for every op list it does, tract's `run` for the others.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    tiles: Option<TileFn>,
 }
 
 impl std::fmt::Debug for Native {
@@ -96,7 +103,8 @@ impl HostKernels {
                 continue;
             }
             let (name, mr, nr) = (mmm.name().to_owned(), mmm.mr(), mmm.nr());
-            kernels.push(Native { name, mr, nr, a, b, row_major_store, run });
+            let tiles = tiles_for(&name);
+            kernels.push(Native { name, mr, nr, a, b, row_major_store, run, tiles });
         }
         let listing: Vec<HostKernel> = kernels
             .iter()
@@ -225,8 +233,52 @@ impl HostKernels {
         for (i, w) in words.chunks_exact(WORDS_PER_OP).take(count).enumerate() {
             spec[i] = decode(memory.len(), base, ker, w)?;
         }
-        Ok(call_native(ker.run, &spec[..=count]))
+        let spec = &spec[..=count];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiles) = ker.tiles
+            && super::avx512_tiles::supported(spec)
+        {
+            call_tiles(tiles, spec);
+            return Ok(0);
+        }
+        Ok(call_native(ker.run, spec))
     }
+}
+
+/// Runs Warden's version of a kernel (`avx512_tiles`) on a checked op list it supports.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn call_tiles(tiles: TileFn, spec: &[FusedKerSpec<f32>]) {
+    // SAFETY: as in `call_native`: `decode` checked every op against the kernel's contract,
+    // which `tiles` keeps (`avx512_tiles`); `tiles_for` gave it only with AVX-512F present.
+    unsafe { tiles(spec) };
+    clear_upper_state();
+}
+
+/// Warden's run of tract's kernel `name` (`avx512_tiles`), if it has one and the CPU has
+/// AVX-512F: tract's AVX-512 kernels 16 and 32 rows tall.
+#[cfg(target_arch = "x86_64")]
+fn tiles_for(name: &str) -> Option<TileFn> {
+    use super::avx512_tiles::run;
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return None;
+    }
+    let tiles: TileFn = match name.strip_prefix("avx512_mmm_f32_")? {
+        "16x12" => run::<1, 12>,
+        "16x8" => run::<1, 8>,
+        "32x6" => run::<2, 6>,
+        "32x5" => run::<2, 5>,
+        "48x4" => run::<3, 4>,
+        "64x3" => run::<4, 3>,
+        "80x2" => run::<5, 2>,
+        _ => return None,
+    };
+    Some(tiles)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tiles_for(_: &str) -> Option<TileFn> {
+    None
 }
 
 /// A rough cost in nanoseconds of an `m x k x n` product with `ker` in the sandbox: a host call
@@ -511,6 +563,128 @@ mod tests {
         assert!(kernels.run(mem, index as u32, top - 8, 1).is_err(), "an op list past the end");
         assert!(kernels.run(mem, index as u32, ops as u32, 33).is_err(), "too many ops");
         assert!(kernels.run(mem, 9999, ops as u32, 1).is_err(), "no such kernel");
+    }
+
+    /// Warden's runs of tract's AVX-512 kernels (`avx512_tiles`) against tract's own, bit for
+    /// bit (a NaN's payload and sign aside): every op it takes, alone after a product and chained, with
+    /// NaNs, infinities, signed zeros and ties among the operands, stored row-major,
+    /// column-major and at other strides; op lists it does not take are left to tract.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn warden_tiles_equal_tracts_kernels_bit_for_bit() {
+        use FusedKerSpec as F;
+        let kernels = HostKernels::native();
+        let taken: Vec<&Native> = kernels.kernels.iter().filter(|k| k.tiles.is_some()).collect();
+        if taken.is_empty() {
+            eprintln!("no AVX-512 kernels on this CPU; nothing to check");
+            return;
+        }
+        let special = |i: usize| match i % 23 {
+            3 => f32::NAN,
+            7 => -0.0,
+            11 => f32::INFINITY,
+            13 => 0.0,
+            17 => f32::NEG_INFINITY,
+            k => (k as f32 - 11.0) * 0.37 + (i % 5) as f32 * 1e-3,
+        };
+        // 64-byte aligned f32 buffers (tract's kernels load packed A with aligned loads).
+        let aligned_vec = |n: usize, f: &dyn Fn(usize) -> f32| -> (Vec<f32>, usize) {
+            let mut v = vec![0f32; n + 16];
+            let skip = v.as_ptr().align_offset(64);
+            for i in 0..n {
+                v[skip + i] = f(i);
+            }
+            (v, skip)
+        };
+        for ker in taken {
+            let (mr, nr) = (ker.mr, ker.nr);
+            let tiles = ker.tiles.unwrap();
+            for k in [1usize, 9, 32] {
+                let (a, ao) = aligned_vec(ker.a.single_panel_len(k), &|i| special(i * 7 + 1));
+                let (b, bo) = aligned_vec(ker.b.single_panel_len(k), &|i| special(i * 5 + 2));
+                let (rows, ro) = aligned_vec(mr, &|i| special(i * 3 + 4));
+                let (cols, co) = aligned_vec(nr, &|i| special(i * 11 + 6));
+                let mm =
+                    F::AddMatMul { k, pa: a[ao..].as_ptr().cast(), pb: b[bo..].as_ptr().cast(), packing: 0 };
+                let (pr, pc) = (rows[ro..].as_ptr(), cols[co..].as_ptr());
+                let ops: Vec<(&str, Vec<F<f32>>)> = vec![
+                    ("product", vec![]),
+                    ("scalar min", vec![F::ScalarMin(0.5)]),
+                    ("scalar max", vec![F::ScalarMax(0.0)]),
+                    ("scalar max -0", vec![F::ScalarMax(-0.0)]),
+                    ("scalar add", vec![F::ScalarAdd(-1.25)]),
+                    ("scalar mul", vec![F::ScalarMul(3.0)]),
+                    ("scalar sub", vec![F::ScalarSub(2.0)]),
+                    ("scalar subf", vec![F::ScalarSubF(2.0)]),
+                    ("leaky relu", vec![F::LeakyRelu(0.1)]),
+                    ("per row", vec![F::PerRowMin(pr), F::PerRowMax(pr), F::PerRowAdd(pr)]),
+                    ("per row 2", vec![F::PerRowMul(pr), F::PerRowSub(pr), F::PerRowSubF(pr)]),
+                    ("per col", vec![F::PerColMin(pc), F::PerColMax(pc), F::PerColAdd(pc)]),
+                    ("per col 2", vec![F::PerColMul(pc), F::PerColSub(pc), F::PerColSubF(pc)]),
+                    ("two products", vec![mm]),
+                    ("cleared", vec![F::Clear]),
+                ];
+                // (row stride, column stride) in items: row-major, column-major, padded.
+                for (rs, cs) in [(nr, 1), (1, mr), (nr + 3, 1), (2 * nr + 1, 2)] {
+                    let len = (mr - 1) * rs + (nr - 1) * cs + 1;
+                    let mut addend: Vec<f32> = (0..len).map(|i| special(i * 13 + 5)).collect();
+                    let unicast = F::AddUnicast(OutputStoreKer {
+                        ptr: addend.as_mut_ptr().cast(),
+                        row_byte_stride: (rs * 4) as isize,
+                        col_byte_stride: (cs * 4) as isize,
+                        item_size: 4,
+                    });
+                    let with_unicast = [("add unicast", vec![unicast, F::ScalarMax(0.0)])];
+                    for (what, middle) in ops.iter().chain(&with_unicast) {
+                        let mut outs =
+                            [vec![f32::from_bits(0x7fc0_1234); len], vec![f32::from_bits(0x7fc0_1234); len]];
+                        for (o, out) in outs.iter_mut().enumerate() {
+                            let store = OutputStoreKer {
+                                ptr: out.as_mut_ptr().cast(),
+                                row_byte_stride: (rs * 4) as isize,
+                                col_byte_stride: (cs * 4) as isize,
+                                item_size: 4,
+                            };
+                            let mut spec = vec![F::Clear, mm];
+                            spec.extend(middle.iter().copied());
+                            spec.extend([F::Store(store), F::Done]);
+                            assert!(super::super::avx512_tiles::supported(&spec), "{what}");
+                            if o == 0 {
+                                call_native(ker.run, &spec);
+                            } else {
+                                call_tiles(tiles, &spec);
+                            }
+                        }
+                        // A NaN as a NaN: which operand's payload and sign an add or multiply
+                        // passes on is not fixed (LLVM commutes them), as in WebAssembly.
+                        let bits = |v: &[f32]| {
+                            v.iter()
+                                .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                                .collect::<Vec<_>>()
+                        };
+                        let (ours, theirs) = (bits(&outs[1]), bits(&outs[0]));
+                        if let Some(at) = ours.iter().zip(&theirs).position(|(x, y)| x != y) {
+                            let (i, j) = if cs == 1 { (at / rs, at % rs) } else { (at % rs, at / cs) };
+                            panic!(
+                                "{ker:?} k={k} {what}, strides {rs}x{cs}: item {at} (row {i} col {j}): ours {:#x} tract {:#x}; col operand {:#x} row operand {:#x}",
+                                ours[at],
+                                theirs[at],
+                                cols[co + j.min(nr - 1)].to_bits(),
+                                rows[ro + i.min(mr - 1)].to_bits()
+                            );
+                        }
+                    }
+                }
+            }
+            // Ops it does not take.
+            let tile = [0f32; 256];
+            for op in [
+                F::LoadTile(tile.as_ptr(), tile.as_ptr()),
+                F::AddRowColProducts(tile.as_ptr(), tile.as_ptr()),
+            ] {
+                assert!(!super::super::avx512_tiles::supported(&[F::Clear, op, F::Done]), "{op:?}");
+            }
+        }
     }
 
     /// A tile spanning more than 2 GiB is refused even inside a 4 GiB memory: a kernel's 32-bit

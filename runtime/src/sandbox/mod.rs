@@ -1,6 +1,8 @@
 //! The sandbox: a wasmtime engine running the tract guest with no capabilities, under a memory
 //! cap, a stack cap and a per-call deadline.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_tiles;
 mod cache;
 mod depthwise;
 mod kernels;

@@ -229,6 +229,64 @@ fn guest_abusing_the_kernel_imports_is_trapped_before_native_code_runs() {
     serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
 }
 
+/// A guest whose valid op lists put a tile in the last bytes of its memory, stored and added to
+/// both row by row and column by column: the host's own run of tract's AVX-512 kernels
+/// (`avx512_tiles`, with its transposed and item-by-item paths) must touch nothing past the tile.
+/// A read or write past the end of the guest's memory would fault in host code and take the
+/// process down; instead the call runs, and the process then serves the real guest.
+#[test]
+fn tiles_in_the_last_bytes_of_guest_memory_touch_nothing_past_them() {
+    use warden::guest::kernels::op;
+    let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let probe = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let Some(kernel) = probe.native_kernels().iter().position(|k| *k == "avx512_mmm_f32_16x12") else {
+        eprintln!("no AVX-512 16x12 kernel on this CPU; nothing to check");
+        return;
+    };
+    drop(probe);
+    let top = 16 * 65536u32; // the module's 16 pages
+    let tile = top - 16 * 12 * 4; // a 16 x 12 tile of f32, ending at the last byte
+    let ops: [[u32; 5]; 5] = [
+        [op::CLEAR, 0, 0, 0, 0],
+        [op::ADD_UNICAST, tile, 4, 64, 4], // column-major: item by item
+        [op::STORE, tile, 4, 64, 4],
+        [op::ADD_UNICAST, tile, 48, 4, 4], // row-major: whole rows
+        [op::STORE, tile, 48, 4, 4],
+    ];
+    let stores: String = ops
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, w)| format!("(i32.store (i32.const {}) (i32.const {}))", 8192 + 4 * i, *w as i32))
+        .collect();
+    let wat = format!(
+        r#"(module
+            (import "warden" "mmm_run" (func $run (param i32 i32 i32) (result i32)))
+            (memory (export "memory") 16)
+            (func (export "warden_abi_version") (result i32) (i32.const {abi}))
+            (func (export "warden_reserve") (param i32) (result i32) (i32.const 16384))
+            (func (export "warden_load") (param i32) (result i64)
+                {stores}
+                (if (i32.ne (call $run (i32.const {kernel}) (i32.const 8192) (i32.const {count})) (i32.const 0))
+                    (then unreachable))
+                (i64.const 0))
+            (func (export "warden_run") (param i32) (result i64) (i64.const 0))
+            (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
+        abi = warden::guest::ABI_VERSION,
+        count = ops.len(),
+    );
+    let runtime = hostile_runtime(dir.path(), &publisher, wat);
+    // The guest's reply after the call is no model; what matters is that the call ran and
+    // returned.
+    let outcome = runtime.load_bundle(&bundle);
+    assert!(!matches!(outcome, Err(Error::Sandbox(SandboxError::Trap(_)))), "{outcome:?}");
+    assert_eq!(runtime.native_kernel_calls(), 1, "the tile did not run");
+    serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
+}
+
 /// A runtime whose guest is the hostile module `wat`.
 fn hostile_runtime(dir: &Path, publisher: &TestPublisher, wat: String) -> Runtime {
     builder(&dir.join("state"), &publisher.trust).guest_module(wat.into_bytes()).no_cache().build().unwrap()

@@ -140,7 +140,8 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
                     let tile = spill(&acc);
                     let mut sum = tile;
                     for (j, col) in sum.iter_mut().enumerate() {
-                        for (i, v) in col.iter_mut().enumerate() {
+                        // The tile's 16 * MV rows only: `spill` pads to the tallest kernel.
+                        for (i, v) in col.iter_mut().take(16 * MV).enumerate() {
                             *v += item(&s, i, j).read_unaligned();
                         }
                     }

@@ -70,15 +70,10 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
     unsafe {
         // acc[j][v]: column j, rows 16v..16v + 16.
         let mut acc = [[_mm512_setzero_ps(); MV]; NR];
+        // The lanes of a row of the tile, for row-contiguous stores and loads.
+        let row_mask: __mmask16 = (1u32 << NR).wrapping_sub(1) as u16;
         // tract's scalar, per-row and per-column ops compute `op(operand, acc)` (`op acc,
         // operand, acc`), the flipped subtractions `acc - operand`.
-        let each = |acc: &mut [[__m512; MV]; NR], f: &dyn Fn(__m512, usize) -> __m512| {
-            for (j, col) in acc.iter_mut().enumerate() {
-                for v in col.iter_mut() {
-                    *v = f(*v, j);
-                }
-            }
-        };
         for op in spec {
             match *op {
                 Done => break,
@@ -102,13 +97,10 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
                 ScalarMul(s) => scalar(&mut acc, s, |s, x| _mm512_mul_ps(s, x)),
                 ScalarSub(s) => scalar(&mut acc, s, |s, x| _mm512_sub_ps(s, x)),
                 ScalarSubF(s) => scalar(&mut acc, s, |s, x| _mm512_sub_ps(x, s)),
-                LeakyRelu(alpha) => {
-                    let alpha = _mm512_set1_ps(alpha);
-                    each(&mut acc, &|x, _| {
-                        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OS>(x, _mm512_setzero_ps());
-                        _mm512_mask_mul_ps(x, negative, x, alpha)
-                    });
-                }
+                LeakyRelu(alpha) => scalar(&mut acc, alpha, |alpha, x| {
+                    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OS>(x, _mm512_setzero_ps());
+                    _mm512_mask_mul_ps(x, negative, x, alpha)
+                }),
                 PerRowMin(p) => per_row(&mut acc, p, |r, x| _mm512_min_ps(r, x)),
                 PerRowMax(p) => per_row(&mut acc, p, |r, x| _mm512_max_ps(r, x)),
                 PerRowAdd(p) => per_row(&mut acc, p, |r, x| _mm512_add_ps(r, x)),
@@ -124,10 +116,9 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
                 AddUnicast(s) if s.col_byte_stride == 4 => {
                     // tract gathers each column's rows and adds them: `acc + x`. Here whole rows
                     // are loaded (`NR` lanes) and transposed into columns.
-                    let mask: __mmask16 = (1u32 << NR).wrapping_sub(1) as u16;
                     for v in 0..MV {
                         let rows: [__m512; 16] = std::array::from_fn(|i| {
-                            _mm512_maskz_loadu_ps(mask, item(&s, 16 * v + i, 0).cast_const())
+                            _mm512_maskz_loadu_ps(row_mask, item(&s, 16 * v + i, 0).cast_const())
                         });
                         let cols = transpose(rows);
                         for (acc, x) in acc.iter_mut().zip(cols) {
@@ -137,8 +128,7 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
                 }
                 AddUnicast(s) => {
                     // tract gathers each column's rows and adds them: `acc + x`.
-                    let tile = spill(&acc);
-                    let mut sum = tile;
+                    let mut sum = spill(&acc);
                     for (j, col) in sum.iter_mut().enumerate() {
                         // The tile's 16 * MV rows only: `spill` pads to the tallest kernel.
                         for (i, v) in col.iter_mut().take(16 * MV).enumerate() {
@@ -152,12 +142,11 @@ pub(crate) unsafe fn run<const MV: usize, const NR: usize>(spec: &[FusedKerSpec<
                 Store(s) if s.col_byte_stride == 4 => {
                     // Rows of the tile are contiguous: transpose each block of 16 rows in
                     // registers and store whole rows, `NR` lanes each.
-                    let mask: __mmask16 = (1u32 << NR).wrapping_sub(1) as u16;
                     for v in 0..MV {
                         let cols: [__m512; 16] =
                             std::array::from_fn(|j| if j < NR { acc[j][v] } else { _mm512_setzero_ps() });
                         for (i, row) in transpose(cols).into_iter().enumerate() {
-                            _mm512_mask_storeu_ps(item(&s, 16 * v + i, 0), mask, row);
+                            _mm512_mask_storeu_ps(item(&s, 16 * v + i, 0), row_mask, row);
                         }
                     }
                 }
@@ -239,7 +228,7 @@ unsafe fn per_col<const MV: usize, const NR: usize>(
 }
 
 /// The most rows a tile may have, in vectors of 16: the tallest kernel taken is 80 rows.
-pub(crate) const MAX_MV: usize = 5;
+const MAX_MV: usize = 5;
 
 /// The accumulators as plain values, `[column][row]`, by vector stores.
 #[target_feature(enable = "avx512f")]

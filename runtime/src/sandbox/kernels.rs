@@ -256,7 +256,7 @@ fn call_tiles(tiles: TileFn, spec: &[FusedKerSpec<f32>]) {
 }
 
 /// Warden's run of tract's kernel `name` (`avx512_tiles`), if it has one and the CPU has
-/// AVX-512F: tract's AVX-512 kernels 16 and 32 rows tall.
+/// AVX-512F: tract's AVX-512 kernels 16 to 80 rows tall.
 #[cfg(target_arch = "x86_64")]
 fn tiles_for(name: &str) -> Option<TileFn> {
     use super::avx512_tiles::run;

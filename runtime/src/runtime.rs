@@ -36,6 +36,7 @@ pub struct RuntimeBuilder {
     pooling: bool,
     relaxed_simd: bool,
     native_kernels: bool,
+    tile_batches: bool,
     guest: Option<Arc<[u8]>>,
     progress: Option<ProgressFn>,
 }
@@ -151,6 +152,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Let the guest hand the host's kernels a row of tiles per call (`mmm_run_tiles`) rather
+    /// than one tile per call. By default `true`; the results are the same bits either way
+    /// (tests compare the two), `false` only costs time.
+    pub fn tile_batches(mut self, on: bool) -> Self {
+        self.tile_batches = on;
+        self
+    }
+
     /// Run this guest module instead of the one built in (for comparing guest builds).
     pub fn guest_module(mut self, wasm: impl Into<Arc<[u8]>>) -> Self {
         self.guest = Some(wasm.into());
@@ -178,6 +187,7 @@ impl RuntimeBuilder {
             guest: self.guest.clone(),
             relaxed_simd: self.relaxed_simd,
             native_kernels: self.native_kernels,
+            tile_batches: self.tile_batches,
             ..SandboxConfig::default()
         };
         let progress = self.progress.clone();
@@ -237,6 +247,7 @@ impl Runtime {
             pooling: true,
             relaxed_simd: false,
             native_kernels: true,
+            tile_batches: true,
             guest: None,
             progress: None,
         }
@@ -251,6 +262,12 @@ impl Runtime {
     /// How many host kernel calls (matrix tiles, depthwise runs) guests have made so far.
     pub fn native_kernel_calls(&self) -> u64 {
         self.sandbox.native_kernel_calls()
+    }
+
+    /// How many host calls brought a row of tiles rather than one (see
+    /// [`RuntimeBuilder::tile_batches`]).
+    pub fn native_tile_batches(&self) -> u64 {
+        self.sandbox.native_tile_batches()
     }
 
     /// Whether the guest was compiled on this start or loaded from the cache, and how long it took.

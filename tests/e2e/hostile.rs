@@ -210,6 +210,87 @@ fn guest_abusing_the_kernel_imports_is_trapped_before_native_code_runs() {
     serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
 }
 
+/// The same for rows of tiles (`warden.mmm_run_tiles`): the host derives each tile's op list
+/// from the first and the step between tiles, and checks each one in full before running it. A
+/// row that walks out of memory, or wraps around the address space, traps at the first tile
+/// outside (the ones before it, inside, ran); a row with more work than one call may do (the
+/// deadline cannot interrupt it) or too long an op list traps before any tile runs. The process
+/// then serves the real guest.
+#[test]
+fn guest_abusing_rows_of_tiles_is_trapped_before_native_code_leaves_its_memory() {
+    use warden::guest::kernels::op;
+    let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let top = 16 * 65536u32; // the module's 16 pages
+    let store = [op::STORE, 65536, 4, 256, 4];
+    // (what, op words, steps, op count, tiles, the refusal expected, whether a first tile ran)
+    type Abuse = (&'static str, [u32; 5], [u32; 5], u32, u32, &'static str, bool);
+    let abuses: [Abuse; 4] = [
+        (
+            "a row walking past the end",
+            store,
+            [0, top - 16 - 65536, 0, 0, 0],
+            1,
+            2,
+            "leaves guest memory",
+            true,
+        ),
+        ("a row wrapping around", store, [0, 1 << 31, 0, 0, 0], 1, 3, "a tile at 0x80010000", true),
+        ("more work than a call may do", [op::CLEAR, 0, 0, 0, 0], [0; 5], 1, 1 << 24, "multiply-adds", false),
+        ("too many ops", [op::CLEAR, 0, 0, 0, 0], [0; 5], 1000, 2, "ops in one tile", false),
+    ];
+    for (what, words, steps, count, tiles, refusal, first_ran) in abuses {
+        let wat = mmm_run_tiles_guest(&words, &steps, count, tiles);
+        let runtime = hostile_runtime(dir.path(), &publisher, wat);
+        if runtime.native_kernels().is_empty() {
+            assert_refused_before_native_code(&runtime, &bundle, what, "no host kernel");
+        } else if first_ran {
+            match runtime.load_bundle(&bundle) {
+                Err(Error::Sandbox(SandboxError::Trap(message))) => {
+                    assert!(message.contains("host kernel call refused"), "{what}: {message}");
+                    assert!(message.contains(refusal), "{what}: {message}");
+                }
+                other => panic!("{what}: expected a trap, got {other:?}"),
+            }
+        } else {
+            assert_refused_before_native_code(&runtime, &bundle, what, refusal);
+        }
+    }
+    serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
+}
+
+/// A hostile guest whose `warden_load` writes the op words `words` at address 8192 and the
+/// steps `steps` at 12288, and calls `warden.mmm_run_tiles` once on them with kernel 0, `count`
+/// ops and `tiles` tiles, ignoring its answer.
+fn mmm_run_tiles_guest(words: &[u32], steps: &[u32], count: u32, tiles: u32) -> String {
+    let store = |at: usize, ws: &[u32]| -> String {
+        ws.iter()
+            .enumerate()
+            .map(|(i, w)| format!("(i32.store (i32.const {}) (i32.const {}))", at + 4 * i, *w as i32))
+            .collect()
+    };
+    format!(
+        r#"(module
+            (import "warden" "mmm_run_tiles" (func $run (param i32 i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 16)
+            (func (export "warden_abi_version") (result i32) (i32.const {abi}))
+            (func (export "warden_reserve") (param i32) (result i32) (i32.const 16384))
+            (func (export "warden_load") (param i32) (result i64)
+                {words} {steps}
+                (drop (call $run (i32.const 0) (i32.const 8192) (i32.const {count}) (i32.const {tiles})
+                    (i32.const 12288)))
+                (i64.const 0))
+            (func (export "warden_run") (param i32) (result i64) (i64.const 0))
+            (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
+        abi = warden::guest::ABI_VERSION,
+        words = store(8192, words),
+        steps = store(12288, steps),
+        tiles = tiles as i32,
+    )
+}
+
 /// A guest whose valid op lists put a tile in the last bytes of its memory, stored and added to
 /// both row by row and column by column: the host's own run of tract's AVX-512 kernels
 /// (`avx512_tiles`, with its transposed and item-by-item paths) must touch nothing past the tile.

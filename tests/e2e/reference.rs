@@ -1,6 +1,7 @@
 //! Outputs equal ONNX Runtime's (fixtures made by models/*.py) for every sample model, the
 //! public models and the generated benchmark models, through signed bundles in the sandbox (with
-//! the host's native kernels, and with WebAssembly kernels only); and equal native tract's.
+//! the host's native kernels, and with WebAssembly kernels only); and equal native tract's. With
+//! the native kernels, rows of tiles per host call give the same bits as one tile per call.
 
 use warden_tests::{Fixture, TestPublisher, assert_close, builder, root, tensors};
 
@@ -8,8 +9,10 @@ const TOLERANCE: f64 = 1e-4;
 
 /// `large`: the model has f32 products big enough for the host's native kernels (digits' 64 x 64
 /// is; breast_cancer's 16 x 30 stays in WebAssembly, where a host call per tile would cost more
-/// than it saves).
-fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
+/// than it saves). `rows`: some of them fill enough tiles to go to the host a row at a time (three
+/// columns and eight tiles; the vector products of the MLPs and digits, and silero's small
+/// convolutions, do not).
+fn check_against_onnx_runtime(fixture_path: &str, large: bool, rows: bool) {
     let fixture = Fixture::load(&root().join(fixture_path));
     let dir = tempfile::tempdir().unwrap();
     let publisher = TestPublisher::new(dir.path());
@@ -20,6 +23,9 @@ fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
         builder(&dir.path().join("state-wasm"), &publisher.trust).native_kernels(false).build().unwrap();
     let wasm_model = wasm_only.load_bundle(&bundle).unwrap();
     assert!(wasm_only.native_kernels().is_empty());
+    let tile_by_tile =
+        builder(&dir.path().join("state-tiles"), &publisher.trust).tile_batches(false).build().unwrap();
+    let tile_model = tile_by_tile.load_bundle(&bundle).unwrap();
 
     let manifest = fixture.manifest();
     let facts = manifest.input_facts();
@@ -46,6 +52,7 @@ fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
     .join()
     .unwrap();
 
+    let batches = runtime.native_tile_batches();
     for (i, (case, native_out)) in fixture.cases.iter().zip(&native_outputs).enumerate() {
         let what = format!("{} case {i}", fixture.model);
         let tiles = runtime.native_kernel_calls();
@@ -61,6 +68,18 @@ fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
         for (got, want) in outputs.iter().zip(&expected) {
             assert_close(got, want, TOLERANCE, &format!("{what} (sandbox vs ONNX Runtime)"));
         }
+        // One tile per host call: the same tiles, the same bits.
+        let single = tile_by_tile.native_kernel_calls();
+        let single_outputs = tile_model.infer(tensors(&case.inputs)).unwrap();
+        assert_eq!(
+            tile_by_tile.native_kernel_calls() - single,
+            runtime.native_kernel_calls() - tiles,
+            "{what}: tiles run one per call and in rows"
+        );
+        for (got, want) in outputs.iter().zip(&single_outputs) {
+            assert!(got.data == want.data, "{what}: rows of tiles changed {}'s bits", got.name);
+        }
+        assert_eq!(tile_by_tile.native_tile_batches(), 0, "{what}: batches ran though refused");
         let wasm_outputs = wasm_model.infer(tensors(&case.inputs)).unwrap();
         assert_eq!(wasm_only.native_kernel_calls(), 0);
         for (got, want) in wasm_outputs.iter().zip(&expected) {
@@ -71,41 +90,45 @@ fn check_against_onnx_runtime(fixture_path: &str, large: bool) {
             assert_close(got, n, TOLERANCE, &format!("{what} (sandbox vs native tract)"));
         }
     }
+    if !runtime.native_kernels().is_empty() {
+        let ran = runtime.native_tile_batches() > batches;
+        assert_eq!(ran, rows, "{}: rows of tiles ran: {ran}", fixture.model);
+    }
 }
 
 #[test]
 fn digits_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/fixtures/digits.reference.json", true);
+    check_against_onnx_runtime("models/fixtures/digits.reference.json", true, false);
 }
 
 #[test]
 fn breast_cancer_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/fixtures/breast_cancer.reference.json", false);
+    check_against_onnx_runtime("models/fixtures/breast_cancer.reference.json", false, false);
 }
 
 #[test]
 fn silero_vad_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/public/silero_vad.reference.json", true);
+    check_against_onnx_runtime("models/public/silero_vad.reference.json", true, false);
 }
 
 #[test]
 fn ppocr_recognition_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/public/ppocr_rec.reference.json", true);
+    check_against_onnx_runtime("models/public/ppocr_rec.reference.json", true, true);
 }
 
 #[test]
 fn ppocr_orientation_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/public/ppocr_cls.reference.json", true);
+    check_against_onnx_runtime("models/public/ppocr_cls.reference.json", true, true);
 }
 
 #[test]
 fn bench_mlp_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/bench/mlp.reference.json", true);
+    check_against_onnx_runtime("models/bench/mlp.reference.json", true, false);
 }
 
 #[test]
 fn bench_cnn_matches_onnx_runtime() {
-    check_against_onnx_runtime("models/bench/cnn.reference.json", true);
+    check_against_onnx_runtime("models/bench/cnn.reference.json", true, true);
 }
 
 /// The committed sample bundles verify with the dev trust directory, and their policy-coarsened

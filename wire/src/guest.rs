@@ -195,6 +195,7 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// | `mmm_kernels` | `(buf: i32, cap: i32) -> i32` | writes the postcard `Vec<`[`kernels::HostKernel`]`>` to `buf` if it fits in `cap` bytes; returns its length either way |
 /// | `mmm_pick` | `(m: i64, k: i64, n: i64) -> i32` | index of the kernel the host chooses for this f32 product (`-1` for a dimension not known), or `-1` for none |
 /// | `mmm_run` | `(kernel: i32, ops: i32, count: i32) -> i32` | runs one tile: `count` ops of [`kernels::WORDS_PER_OP`] `u32` words each at `ops` |
+/// | `mmm_run_tiles` | `(kernel: i32, ops: i32, count: i32, tiles: i32, deltas: i32) -> i32` | runs `tiles` tiles: tile `t`'s ops are the `count` ops at `ops` plus `t` times the `count` ops' words at `deltas` (wrapping), each checked as `mmm_run` checks one; at most [`kernels::MAX_TILE_WORK`] multiply-adds in all. `0` when done, `-1` when the host runs no batches (nothing was touched) |
 /// | `depthwise_c` | `(input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len: i32, in_stride, out_stride: i32) -> i32` | one channel-inner depthwise run (tract-linalg's `DepthwiseCF32` contract, with guest addresses and `taps` `u32` tap indices and `i32` offsets in guest memory); `0` when done, `-1` when the host offers no such kernel (nothing was touched) |
 ///
 /// An op is an opcode word and four payload words, mirroring tract's `FusedKerSpec<f32>` with
@@ -214,6 +215,12 @@ pub mod kernels {
     pub const PICK: &str = "mmm_pick";
     /// `(kernel: i32, ops: i32, count: i32) -> i32`.
     pub const RUN: &str = "mmm_run";
+    /// `(kernel: i32, ops: i32, count: i32, tiles: i32, deltas: i32) -> i32`.
+    pub const RUN_TILES: &str = "mmm_run_tiles";
+    /// Most multiply-adds in one `mmm_run_tiles` call (`mr * nr * k` per tile, a tile with no
+    /// product counting as `mr * nr`): like a `depthwise_c` call, it is not interrupted by the
+    /// deadline. About 1-2 ms of native work.
+    pub const MAX_TILE_WORK: u64 = 1 << 24;
     /// `(input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len,
     /// in_stride, out_stride: i32) -> i32`.
     pub const DEPTHWISE_C: &str = "depthwise_c";

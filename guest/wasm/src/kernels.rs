@@ -7,7 +7,9 @@
 //! the native kernel reads them. The [`MmmTier`] below, ahead of tract's own wasm tier, names the
 //! kernel the host chooses for the same product (`mmm_pick`). Every tile then goes
 //! through [`HostKer::kernel`]: the tile's op list, with guest addresses, crosses to the host
-//! (`mmm_run`), which checks each range it touches before its native kernel runs on it.
+//! (`mmm_run`), which checks each range it touches before its native kernel runs on it. The
+//! tiles a product fills go a row per call instead ([`HostMmm`], `mmm_run_tiles`), each still
+//! checked by the host.
 //!
 //! When the host offers no kernel (another architecture, or switched off), no slot is runnable,
 //! the tier has no opinion, and tract uses its own simd128 kernels as before.
@@ -17,25 +19,34 @@
 //! to the host (`depthwise_c`), which checks it and runs a native kernel; a host that offers
 //! none answers `-1` once, and from then on tract's wasm kernel runs them.
 
+use std::alloc::Layout;
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use tract_data::internal::{ExoticFact, TractResult, bail, ensure, f16};
 use tract_data::prelude::DatumType;
 use tract_linalg::WeightType;
 use tract_linalg::isa::{Arch, IsaReq, IsaSet};
-use tract_linalg::mmm::{FusedKerSpec, MMMInputFormat, MatMatMul, MatMatMulKer, Query, Suitable};
+use tract_linalg::mmm::{
+    AsInputValue, FusedKerSpec, FusedSpec, MMMInputFormat, MMMInputValue, MatMatMul, MatMatMulKer,
+    OutputStoreSpec, PackedExoticFact, Query, ScratchSpace, ScratchSpaceImpl, Suitable,
+};
 use tract_linalg::mmm_routines::MmmRoutine;
 use tract_linalg::mmm_tiers::MmmTier;
 use tract_linalg::pack::PackedFormat;
 use tract_linalg::routines::{DepthwiseCF32, Func, Routine, RoutineFactory};
-use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, depthwise_pieces, op};
+use warden_wire::guest::kernels::{
+    HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, depthwise_pieces, op,
+};
 
 #[link(wasm_import_module = "warden")]
 unsafe extern "C" {
     fn mmm_kernels(buf: *mut u8, cap: u32) -> u32;
     fn mmm_pick(m: i64, k: i64, n: i64) -> i32;
     fn mmm_run(kernel: u32, ops: *const u32, count: u32) -> i32;
+    fn mmm_run_tiles(kernel: u32, ops: *const u32, count: u32, tiles: u32, deltas: *const u32) -> i32;
 }
 
 /// One host kernel as tract sees it.
@@ -94,6 +105,74 @@ fn word(ptr: *const f32) -> u32 {
     ptr as usize as u32
 }
 
+/// One tile's op list as the host reads it: `count` ops of [`WORDS_PER_OP`] words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ops {
+    words: [u32; MAX_OPS * WORDS_PER_OP],
+    count: usize,
+}
+
+/// tract's op list for one tile, with guest addresses.
+fn encode(spec: &[FusedKerSpec<f32>]) -> Ops {
+    let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+    let mut count = 0;
+    for spec in spec {
+        let w: [u32; WORDS_PER_OP] = match *spec {
+            FusedKerSpec::Done => break,
+            FusedKerSpec::Clear => [op::CLEAR, 0, 0, 0, 0],
+            FusedKerSpec::LoadTile(col, row) => [op::LOAD_TILE, word(col), word(row), 0, 0],
+            FusedKerSpec::ScalarMin(x) => [op::SCALAR_MIN, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::ScalarMax(x) => [op::SCALAR_MAX, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::ScalarAdd(x) => [op::SCALAR_ADD, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::ScalarMul(x) => [op::SCALAR_MUL, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::ScalarSub(x) => [op::SCALAR_SUB, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::ScalarSubF(x) => [op::SCALAR_SUB_F, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::LeakyRelu(x) => [op::LEAKY_RELU, x.to_bits(), 0, 0, 0],
+            FusedKerSpec::PerRowMin(p) => [op::PER_ROW_MIN, word(p), 0, 0, 0],
+            FusedKerSpec::PerRowMax(p) => [op::PER_ROW_MAX, word(p), 0, 0, 0],
+            FusedKerSpec::PerRowAdd(p) => [op::PER_ROW_ADD, word(p), 0, 0, 0],
+            FusedKerSpec::PerRowMul(p) => [op::PER_ROW_MUL, word(p), 0, 0, 0],
+            FusedKerSpec::PerRowSub(p) => [op::PER_ROW_SUB, word(p), 0, 0, 0],
+            FusedKerSpec::PerRowSubF(p) => [op::PER_ROW_SUB_F, word(p), 0, 0, 0],
+            FusedKerSpec::PerColMin(p) => [op::PER_COL_MIN, word(p), 0, 0, 0],
+            FusedKerSpec::PerColMax(p) => [op::PER_COL_MAX, word(p), 0, 0, 0],
+            FusedKerSpec::PerColAdd(p) => [op::PER_COL_ADD, word(p), 0, 0, 0],
+            FusedKerSpec::PerColMul(p) => [op::PER_COL_MUL, word(p), 0, 0, 0],
+            FusedKerSpec::PerColSub(p) => [op::PER_COL_SUB, word(p), 0, 0, 0],
+            FusedKerSpec::PerColSubF(p) => [op::PER_COL_SUB_F, word(p), 0, 0, 0],
+            FusedKerSpec::AddRowColProducts(rows, cols) => {
+                [op::ADD_ROW_COL_PRODUCTS, word(rows), word(cols), 0, 0]
+            }
+            FusedKerSpec::AddUnicast(s) | FusedKerSpec::Store(s) => [
+                if matches!(spec, FusedKerSpec::Store(_)) { op::STORE } else { op::ADD_UNICAST },
+                s.ptr as usize as u32,
+                s.row_byte_stride as i32 as u32,
+                s.col_byte_stride as i32 as u32,
+                s.item_size as u32,
+            ],
+            FusedKerSpec::AddMatMul { k, pa, pb, packing } => {
+                [op::ADD_MAT_MUL, k as u32, pa as usize as u32, pb as usize as u32, packing as u32]
+            }
+            // Quantization ops never reach an f32 kernel; the host traps on opcode 0.
+            FusedKerSpec::QScale(..) | FusedKerSpec::RoundingShiftRight(..) | FusedKerSpec::ShiftLeft(..) => {
+                [0; WORDS_PER_OP]
+            }
+        };
+        let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
+            panic!("a tile of more than {MAX_OPS} fused ops");
+        };
+        slot.copy_from_slice(&w);
+        count += 1;
+    }
+    Ops { words, count }
+}
+
+thread_local! {
+    /// While it holds `Some`, [`HostKer::kernel`] records its tile's op list there instead of
+    /// running it (see [`HostMmm::captured`]).
+    static CAPTURE: RefCell<Option<Option<Ops>>> = const { RefCell::new(None) };
+}
+
 impl MatMatMulKer for HostKer {
     type Acc = f32;
 
@@ -102,59 +181,13 @@ impl MatMatMulKer for HostKer {
     }
 
     fn kernel(&self, spec: &[FusedKerSpec<f32>]) -> isize {
-        let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
-        let mut count = 0;
-        for spec in spec {
-            let w: [u32; WORDS_PER_OP] = match *spec {
-                FusedKerSpec::Done => break,
-                FusedKerSpec::Clear => [op::CLEAR, 0, 0, 0, 0],
-                FusedKerSpec::LoadTile(col, row) => [op::LOAD_TILE, word(col), word(row), 0, 0],
-                FusedKerSpec::ScalarMin(x) => [op::SCALAR_MIN, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::ScalarMax(x) => [op::SCALAR_MAX, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::ScalarAdd(x) => [op::SCALAR_ADD, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::ScalarMul(x) => [op::SCALAR_MUL, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::ScalarSub(x) => [op::SCALAR_SUB, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::ScalarSubF(x) => [op::SCALAR_SUB_F, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::LeakyRelu(x) => [op::LEAKY_RELU, x.to_bits(), 0, 0, 0],
-                FusedKerSpec::PerRowMin(p) => [op::PER_ROW_MIN, word(p), 0, 0, 0],
-                FusedKerSpec::PerRowMax(p) => [op::PER_ROW_MAX, word(p), 0, 0, 0],
-                FusedKerSpec::PerRowAdd(p) => [op::PER_ROW_ADD, word(p), 0, 0, 0],
-                FusedKerSpec::PerRowMul(p) => [op::PER_ROW_MUL, word(p), 0, 0, 0],
-                FusedKerSpec::PerRowSub(p) => [op::PER_ROW_SUB, word(p), 0, 0, 0],
-                FusedKerSpec::PerRowSubF(p) => [op::PER_ROW_SUB_F, word(p), 0, 0, 0],
-                FusedKerSpec::PerColMin(p) => [op::PER_COL_MIN, word(p), 0, 0, 0],
-                FusedKerSpec::PerColMax(p) => [op::PER_COL_MAX, word(p), 0, 0, 0],
-                FusedKerSpec::PerColAdd(p) => [op::PER_COL_ADD, word(p), 0, 0, 0],
-                FusedKerSpec::PerColMul(p) => [op::PER_COL_MUL, word(p), 0, 0, 0],
-                FusedKerSpec::PerColSub(p) => [op::PER_COL_SUB, word(p), 0, 0, 0],
-                FusedKerSpec::PerColSubF(p) => [op::PER_COL_SUB_F, word(p), 0, 0, 0],
-                FusedKerSpec::AddRowColProducts(rows, cols) => {
-                    [op::ADD_ROW_COL_PRODUCTS, word(rows), word(cols), 0, 0]
-                }
-                FusedKerSpec::AddUnicast(s) | FusedKerSpec::Store(s) => [
-                    if matches!(spec, FusedKerSpec::Store(_)) { op::STORE } else { op::ADD_UNICAST },
-                    s.ptr as usize as u32,
-                    s.row_byte_stride as i32 as u32,
-                    s.col_byte_stride as i32 as u32,
-                    s.item_size as u32,
-                ],
-                FusedKerSpec::AddMatMul { k, pa, pb, packing } => {
-                    [op::ADD_MAT_MUL, k as u32, pa as usize as u32, pb as usize as u32, packing as u32]
-                }
-                // Quantization ops never reach an f32 kernel; the host traps on opcode 0.
-                FusedKerSpec::QScale(..)
-                | FusedKerSpec::RoundingShiftRight(..)
-                | FusedKerSpec::ShiftLeft(..) => [0; WORDS_PER_OP],
-            };
-            let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
-                panic!("a tile of more than {MAX_OPS} fused ops");
-            };
-            slot.copy_from_slice(&w);
-            count += 1;
+        let ops = encode(spec);
+        if CAPTURE.with_borrow_mut(|c| c.as_mut().map(|c| *c = Some(ops)).is_some()) {
+            return 0;
         }
         // SAFETY: an import of the host; it reads `count` ops from `words`, which lives until it
         // returns, and checks every guest address in them itself.
-        unsafe { mmm_run(self.index, words.as_ptr(), count as u32) as isize }
+        unsafe { mmm_run(self.index, ops.words.as_ptr(), ops.count as u32) as isize }
     }
 
     fn mr(&self) -> usize {
@@ -194,6 +227,408 @@ impl MatMatMulKer for HostKer {
     }
 }
 
+/// A host kernel as a whole matrix product: tract's own driver ([`HostKer`]'s blanket
+/// `MatMatMul`), except that the tiles a product fills go to the host a row of tiles per call
+/// (`mmm_run_tiles`) instead of one per call, which saved 4-6% of the CNN's and PP-OCR's time
+/// (benches/README.md).
+///
+/// tract resolves each tile's op list from the product's fused ops; every address in it is an
+/// affine function of the tile's place (packed panels, bias slices and output tiles at fixed
+/// strides). [`HostMmm::full_tiles`] has tract resolve three tiles without running them
+/// (`CAPTURE`), takes the differences as the steps between rows and between columns, checks them
+/// against a fourth tile (the far corner) and hands the host the first tile of each row with the
+/// step between columns. The host checks every tile it derives in full, as it checks a tile from
+/// `mmm_run`. Border tiles (those the product only partly fills) still run one at a time through
+/// tract's own code, which copies them out of scratch space. A lazily packed B operand (tract's
+/// im2col) is packed ahead, every panel once, into one buffer ([`Prepacked`]) that all tiles
+/// read. A product with an op this does not handle, with fewer than three columns or eight full
+/// tiles (the captures would cost more than the calls they save), or whose captured steps do
+/// not check, runs as tract runs it.
+#[derive(Clone, Debug)]
+struct HostMmm(HostKer);
+
+/// Whether the host still might run rows of tiles: cleared at its first refusal (`-1`).
+static HOST_TILE_BATCHES: AtomicBool = AtomicBool::new(true);
+
+/// Largest buffer of packed B panels [`HostMmm`] builds for a lazily packed operand; beyond it
+/// the product runs tract's way.
+const MAX_PACKED_B: usize = 16 << 20;
+
+impl HostMmm {
+    /// The op list tract resolves for the full tile at (`down`, `right`), without running it.
+    ///
+    /// # Safety
+    /// tract's contract for `ScratchSpaceImpl::run`: `scratch` was prepared for `specs` and
+    /// this kernel, and the tile is inside the product.
+    unsafe fn captured(
+        &self,
+        scratch: &ScratchSpaceImpl<f32>,
+        specs: &[FusedSpec],
+        down: usize,
+        right: usize,
+    ) -> TractResult<Ops> {
+        CAPTURE.with_borrow_mut(|c| *c = Some(None));
+        // SAFETY: the caller's contract.
+        let ran = unsafe { scratch.run(&self.0, specs, down, right) };
+        let ops = CAPTURE.with_borrow_mut(|c| c.take().flatten());
+        ran?;
+        match ops {
+            Some(ops) => Ok(ops),
+            None => bail!("tract resolved no op list for tile ({down}, {right})"),
+        }
+    }
+
+    /// Runs the product's full tiles a row at a time (see [`HostMmm`]); `false` if it cannot
+    /// (then none ran). `k` is the product's depth.
+    ///
+    /// # Safety
+    /// tract's contract for `run_with_scratch_space`, with `scratch` prepared for `specs`.
+    unsafe fn full_tiles(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        scratch: &ScratchSpaceImpl<f32>,
+        specs: &[FusedSpec],
+    ) -> TractResult<bool> {
+        let (mr, nr) = (self.0.mr, self.0.nr);
+        let (rows, cols) = (m / mr, n / nr);
+        // SAFETY (the captures): the caller's contract; each tile is a full tile of the product.
+        let first = unsafe { self.captured(scratch, specs, 0, 0)? };
+        let step = |ops: Ops| {
+            let mut d = ops;
+            for (d, f) in d.words.iter_mut().zip(&first.words) {
+                *d = d.wrapping_sub(*f);
+            }
+            d
+        };
+        let zero = Ops { words: [0; MAX_OPS * WORDS_PER_OP], count: first.count };
+        let down = if rows > 1 { step(unsafe { self.captured(scratch, specs, 1, 0)? }) } else { zero };
+        let right = step(unsafe { self.captured(scratch, specs, 0, 1)? });
+        let corner = unsafe { self.captured(scratch, specs, rows - 1, cols - 1)? };
+        let at = |row: usize, col: usize| {
+            let mut ops = first;
+            for ((w, d), r) in ops.words.iter_mut().zip(&down.words).zip(&right.words) {
+                *w = w.wrapping_add(d.wrapping_mul(row as u32)).wrapping_add(r.wrapping_mul(col as u32));
+            }
+            ops
+        };
+        if [down.count, right.count, corner.count].iter().any(|c| *c != first.count)
+            || at(rows - 1, cols - 1) != corner
+        {
+            return Ok(false);
+        }
+        // Per call, at most MAX_TILE_WORK multiply-adds (the host refuses more).
+        let per_tile = (mr * nr * k.max(1)) as u64;
+        let chunk = usize::try_from(MAX_TILE_WORK / per_tile).unwrap_or(usize::MAX).max(1);
+        for row in 0..rows {
+            let mut col = 0;
+            while col < cols {
+                let tiles = chunk.min(cols - col);
+                let ops = at(row, col);
+                // SAFETY: an import of the host; it reads `ops.count` ops from `ops.words` and as
+                // many from `right.words`, which live until it returns, and checks every guest
+                // address of every tile it derives from them itself.
+                let done = unsafe {
+                    mmm_run_tiles(
+                        self.0.index,
+                        ops.words.as_ptr(),
+                        ops.count as u32,
+                        tiles as u32,
+                        right.words.as_ptr(),
+                    )
+                };
+                if done == -1 && row == 0 && col == 0 {
+                    // Only the first call can be refused this way (the host runs batches or
+                    // not), so nothing ran yet: every tile goes one at a time from now on.
+                    HOST_TILE_BATCHES.store(false, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                ensure!(done == 0, "Kernel {} returned error {done}", self.0.name);
+                col += tiles;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The product over `specs` (prepared in `scratch`): full tiles by rows if `full_tiles`
+    /// can, every other tile (or all of them) one at a time the way tract runs it.
+    ///
+    /// # Safety
+    /// tract's contract for `run_with_scratch_space`.
+    unsafe fn run_rows(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        scratch: &mut ScratchSpaceImpl<f32>,
+        specs: &[FusedSpec],
+    ) -> TractResult<()> {
+        let (mr, nr) = (self.0.mr, self.0.nr);
+        // SAFETY: tract's contract for `prepare`, passed on; then the scratch is prepared for
+        // `specs` and this kernel, as `full_tiles` and `ScratchSpaceImpl::run` require.
+        unsafe {
+            scratch.prepare(&self.0, m, n, specs)?;
+            let batched = self.full_tiles(m, n, k, scratch, specs)?;
+            for down in 0..m.div_ceil(mr) {
+                for right in 0..n.div_ceil(nr) {
+                    if !batched || down >= m / mr || right >= n / nr {
+                        scratch.run(&self.0, specs, down, right)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Some((k, the B operand if tract packs it lazily))` if every fused op is one whose addresses
+/// [`HostMmm`] can step (scalar, per-row and per-column ops, unicast adds, the store, and one
+/// product whose A operand is packed ahead of time).
+fn batchable<'s>(specs: &'s [FusedSpec<'s>]) -> Option<(usize, Option<&'s dyn MMMInputValue>)> {
+    let mut product = None;
+    for spec in specs {
+        match spec {
+            FusedSpec::BinScalar(..)
+            | FusedSpec::LeakyRelu(..)
+            | FusedSpec::BinPerRow(..)
+            | FusedSpec::BinPerCol(..)
+            | FusedSpec::AddUnicast(..)
+            | FusedSpec::Store(..) => {}
+            FusedSpec::AddMatMul { a, b, .. }
+                if product.is_none() && a.scratch_panel_buffer_layout().is_none() =>
+            {
+                let b: &dyn MMMInputValue = &**b;
+                product = Some((b.k(), b.scratch_panel_buffer_layout().map(|_| b)));
+            }
+            _ => return None,
+        }
+    }
+    product
+}
+
+/// An aligned buffer of packed panels, freed on drop.
+#[derive(Debug)]
+struct PanelBuffer {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl PanelBuffer {
+    fn new(layout: Layout) -> TractResult<PanelBuffer> {
+        // SAFETY: `layout` has a non-zero size (the caller's `max(1)`).
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        ensure!(!ptr.is_null(), "no memory for {} bytes of packed panels", layout.size());
+        Ok(PanelBuffer { ptr, layout })
+    }
+}
+
+// SAFETY: the buffer is written only while it is being built, by its owner, and only read
+// after (and the guest has one thread).
+unsafe impl Send for PanelBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for PanelBuffer {}
+
+impl Drop for PanelBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// A lazily packed B operand (tract's im2col), packed ahead: every panel once, one after the
+/// other, so that each tile's panel address is a step from the first and no tile packs again.
+#[derive(Clone, Debug)]
+struct Prepacked {
+    buffer: Arc<PanelBuffer>,
+    stride: usize,
+    mn: usize,
+    fact: PackedExoticFact,
+}
+
+impl Prepacked {
+    /// `b`'s `panels` panels, packed with `b`'s own code; `None` if they would take more than
+    /// [`MAX_PACKED_B`] bytes. `format` is the kernel's packing of B, which `b` packs to.
+    fn new(b: &dyn MMMInputValue, panels: usize, format: &PackedFormat) -> TractResult<Option<Prepacked>> {
+        let Some(layout) = b.scratch_panel_buffer_layout() else { return Ok(None) };
+        let stride = layout.size().next_multiple_of(layout.align());
+        let Some(size) = stride.checked_mul(panels).filter(|s| *s <= MAX_PACKED_B) else {
+            return Ok(None);
+        };
+        let buffer = PanelBuffer::new(Layout::from_size_align(size.max(1), layout.align())?)?;
+        for panel in 0..panels {
+            let at = buffer.ptr.wrapping_add(panel * stride);
+            let packed = b.panel_bytes(panel, Some(at))?;
+            ensure!(packed == at.cast_const(), "a lazy panel packed outside its buffer");
+        }
+        let fact = PackedExoticFact { format: Box::new(format.clone()), mn: b.mn().into(), k: b.k() };
+        Ok(Some(Prepacked { buffer: Arc::new(buffer), stride, mn: b.mn(), fact }))
+    }
+}
+
+impl PartialEq for Prepacked {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer)
+    }
+}
+
+impl Eq for Prepacked {}
+
+impl std::hash::Hash for Prepacked {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.buffer.ptr as usize, self.stride, self.mn).hash(state);
+    }
+}
+
+impl std::fmt::Display for Prepacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Warden's packed-ahead B ({})", self.fact)
+    }
+}
+
+impl MMMInputValue for Prepacked {
+    fn format(&self) -> &dyn MMMInputFormat {
+        &*self.fact.format
+    }
+    fn scratch_panel_buffer_layout(&self) -> Option<Layout> {
+        None
+    }
+    fn panel_bytes(&self, i: usize, _: Option<*mut u8>) -> TractResult<*const u8> {
+        ensure!(i * self.stride < self.buffer.layout.size(), "no packed panel {i}");
+        Ok(self.buffer.ptr.wrapping_add(i * self.stride).cast_const())
+    }
+    fn mn(&self) -> usize {
+        self.mn
+    }
+    fn k(&self) -> usize {
+        self.fact.k
+    }
+    fn exotic_fact(&self) -> &dyn ExoticFact {
+        &self.fact
+    }
+    fn extract_at_mn_f16(&self, _: usize, _: &mut [f16]) -> TractResult<()> {
+        bail!("packed-ahead panels are only read by panel")
+    }
+    fn extract_at_mn_f32(&self, _: usize, _: &mut [f32]) -> TractResult<()> {
+        bail!("packed-ahead panels are only read by panel")
+    }
+}
+
+impl MatMatMul for HostMmm {
+    fn name(&self) -> &str {
+        MatMatMul::name(&self.0)
+    }
+    fn mr(&self) -> usize {
+        self.0.mr
+    }
+    fn nr(&self) -> usize {
+        self.0.nr
+    }
+    fn arch(&self) -> Option<Arch> {
+        MatMatMul::arch(&self.0)
+    }
+    fn emulated(&self) -> bool {
+        MatMatMul::emulated(&self.0)
+    }
+    fn boost(&self) -> isize {
+        MatMatMul::boost(&self.0)
+    }
+    fn preference(&self) -> isize {
+        MatMatMul::preference(&self.0)
+    }
+    fn runnable_on(&self, isa: &IsaSet) -> bool {
+        MatMatMul::runnable_on(&self.0, isa)
+    }
+    fn runnable(&self) -> bool {
+        MatMatMul::runnable(&self.0)
+    }
+    fn built(&self) -> bool {
+        MatMatMul::built(&self.0)
+    }
+    fn isa(&self) -> IsaReq {
+        MatMatMul::isa(&self.0)
+    }
+    fn packings(&self) -> &[(Box<dyn MMMInputFormat>, Box<dyn MMMInputFormat>)] {
+        &self.0.packings
+    }
+    fn internal_type(&self) -> DatumType {
+        MatMatMul::internal_type(&self.0)
+    }
+    fn can_fuse(&self, spec: &FusedSpec) -> bool {
+        MatMatMul::can_fuse(&self.0, spec)
+    }
+    unsafe fn c_view(&self, m_axis: Option<usize>, n_axis: Option<usize>) -> OutputStoreSpec {
+        // SAFETY: passed on.
+        unsafe { MatMatMul::c_view(&self.0, m_axis, n_axis) }
+    }
+    unsafe fn c_from_data_and_strides(
+        &self,
+        item_size: usize,
+        row_stride: isize,
+        col_stride: isize,
+    ) -> OutputStoreSpec {
+        // SAFETY: passed on.
+        unsafe { MatMatMul::c_from_data_and_strides(&self.0, item_size, row_stride, col_stride) }
+    }
+    fn stores(&self) -> Cow<'_, [DatumType]> {
+        MatMatMul::stores(&self.0)
+    }
+    unsafe fn allocate_scratch_space(&self) -> Box<dyn ScratchSpace> {
+        // SAFETY: passed on.
+        unsafe { MatMatMul::allocate_scratch_space(&self.0) }
+    }
+    unsafe fn can_use_scratch_space(&self, scratch: &dyn ScratchSpace) -> bool {
+        // SAFETY: passed on.
+        unsafe { MatMatMul::can_use_scratch_space(&self.0, scratch) }
+    }
+    unsafe fn run_with_scratch_space(
+        &self,
+        m: usize,
+        n: usize,
+        scratch: &mut dyn ScratchSpace,
+        specs: &[FusedSpec],
+    ) -> TractResult<()> {
+        let (mr, nr) = (self.0.mr, self.0.nr);
+        let (rows, cols) = (m / mr, n / nr);
+        // Three or four op lists resolved without running, and a host call per row: worth it
+        // from three columns and eight tiles on.
+        let worth = cols >= 3 && rows * cols >= 8 && HOST_TILE_BATCHES.load(Ordering::Relaxed);
+        let plan = if worth { batchable(specs) } else { None };
+        let Some((k, lazy_b)) = plan else {
+            // SAFETY: passed on.
+            return unsafe { MatMatMul::run_with_scratch_space(&self.0, m, n, scratch, specs) };
+        };
+        let Some(scratch) = scratch.downcast_mut::<ScratchSpaceImpl<f32>>() else {
+            bail!("wrong scratch space for {}", self.0.name);
+        };
+        let Some(b) = lazy_b else {
+            // SAFETY: passed on.
+            return unsafe { self.run_rows(m, n, k, scratch, specs) };
+        };
+        let Some(format) = self.0.packings[0].1.downcast_ref::<PackedFormat>() else {
+            bail!("{} packs B other than as f32 panels", self.0.name);
+        };
+        let Some(packed) = Prepacked::new(b, n.div_ceil(nr), format)? else {
+            // SAFETY: passed on.
+            return unsafe { MatMatMul::run_with_scratch_space(&self.0, m, n, scratch, specs) };
+        };
+        let specs: Vec<FusedSpec> = specs
+            .iter()
+            .map(|spec| match spec {
+                FusedSpec::AddMatMul { a, packing, .. } => FusedSpec::AddMatMul {
+                    a: AsInputValue::Borrowed(&**a),
+                    b: AsInputValue::Borrowed(&packed),
+                    packing: *packing,
+                },
+                other => other.clone(),
+            })
+            .collect();
+        // SAFETY: tract's contract, with B's panels now read from `packed`, which holds the same
+        // values at the kernel's packing and outlives the product.
+        unsafe { self.run_rows(m, n, k, scratch, &specs) }
+    }
+}
+
 /// The host's kernels, asked once.
 fn offered() -> &'static [HostKer] {
     static OFFERED: OnceLock<Vec<HostKer>> = OnceLock::new();
@@ -218,7 +653,7 @@ const SLOTS: usize = 32;
 
 fn slot(index: usize) -> Box<dyn MatMatMul> {
     match offered().get(index) {
-        Some(k) => Box::new(k.clone()),
+        Some(k) => Box::new(HostMmm(k.clone())),
         None => Box::new(HostKer::empty(index as u32)),
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tract_data::prelude::DatumType;
 use tract_linalg::mmm::{DynKernel, FusedKerSpec, MatMatMul, MmmDispatch, OutputStoreKer, Query};
 use tract_linalg::pack::PackedFormat;
-use warden_wire::guest::kernels::{HostKernel, MAX_OPS, Packing, WORDS_PER_OP, op};
+use warden_wire::guest::kernels::{HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, op};
 
 use super::depthwise::{Args, DepthwiseC};
 
@@ -60,7 +60,11 @@ pub(crate) struct HostKernels {
     depthwise: Option<DepthwiseC>,
     /// The postcard list the guest reads with `mmm_kernels`.
     listing: Vec<u8>,
+    /// Whether `mmm_run_tiles` runs (else it answers `-1`, having touched nothing).
+    tile_batches: bool,
     calls: AtomicU64,
+    /// `mmm_run_tiles` calls that ran.
+    batches: AtomicU64,
 }
 
 /// A kernel's entry point and packings, if it is an f32 `DynKernel` of one of these tile
@@ -88,7 +92,14 @@ impl HostKernels {
     /// No kernels: the guest uses its own wasm kernels.
     pub(crate) fn none() -> HostKernels {
         let listing = postcard::to_allocvec(&Vec::<HostKernel>::new()).unwrap_or_default();
-        HostKernels { kernels: Vec::new(), depthwise: None, listing, calls: AtomicU64::new(0) }
+        HostKernels {
+            kernels: Vec::new(),
+            depthwise: None,
+            listing,
+            tile_batches: true,
+            calls: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        }
     }
 
     /// Every f32 kernel with plain packed operands that this CPU runs natively.
@@ -118,7 +129,20 @@ impl HostKernels {
             })
             .collect();
         let listing = postcard::to_allocvec(&listing).unwrap_or_default();
-        HostKernels { kernels, depthwise: DepthwiseC::native(), listing, calls: AtomicU64::new(0) }
+        HostKernels {
+            kernels,
+            depthwise: DepthwiseC::native(),
+            listing,
+            tile_batches: true,
+            calls: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        }
+    }
+
+    /// With `false`, `mmm_run_tiles` refuses every call with `-1` (see `run_tiles`).
+    pub(crate) fn with_tile_batches(mut self, on: bool) -> HostKernels {
+        self.tile_batches = on;
+        self
     }
 
     /// Names of the kernels offered.
@@ -140,6 +164,11 @@ impl HostKernels {
     /// Tiles and depthwise runs done so far, as added by [`HostKernels::add_calls`].
     pub(crate) fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// `mmm_run_tiles` calls that ran, so far.
+    pub(crate) fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Adds one guest call's count of tiles and depthwise runs (counted in its store).
@@ -214,35 +243,108 @@ impl HostKernels {
         ops: u32,
         count: u32,
     ) -> Result<i32, KernelFault> {
-        let ker = self
-            .kernels
-            .get(kernel as usize)
-            .ok_or_else(|| KernelFault(format!("no host kernel {kernel}")))?;
-        let count = count as usize;
-        if count > MAX_OPS {
-            return Err(KernelFault(format!("{count} ops in one tile (at most {MAX_OPS})")));
-        }
-        let at = span(memory, ops, (count * WORDS_PER_OP * 4) as u64)?;
-        let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
-        for (i, w) in words.iter_mut().take(count * WORDS_PER_OP).enumerate() {
-            let b = &memory[at + 4 * i..at + 4 * i + 4];
-            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        let base = memory.as_mut_ptr();
-        let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
-        for (i, w) in words.chunks_exact(WORDS_PER_OP).take(count).enumerate() {
-            spec[i] = decode(memory.len(), base, ker, w)?;
-        }
-        let spec = &spec[..=count];
-        #[cfg(target_arch = "x86_64")]
-        if let Some(tiles) = ker.tiles
-            && super::avx512_tiles::supported(spec)
-        {
-            call_tiles(tiles, spec);
-            return Ok(0);
-        }
-        Ok(call_native(ker.run, spec))
+        let ker = self.kernel(kernel)?;
+        let words = read_ops(memory, ops, count)?;
+        run_checked(memory, ker, &words[..count as usize * WORDS_PER_OP])
     }
+
+    /// `mmm_run_tiles`: runs `tiles` tiles, tile `t`'s op list being the words at `ops` plus `t`
+    /// times the words at `deltas` (wrapping `u32` arithmetic). Each tile's list is checked in
+    /// full, exactly as `mmm_run` checks one: the deltas only save the guest a call per tile.
+    /// The tiles' multiply-adds, padded to whole tiles and counting each tile as at least one
+    /// record, may not exceed [`MAX_TILE_WORK`]: a host call is not interrupted by the deadline.
+    /// Stops at the first refused tile; the tiles before it have run. Answers `-1`, having
+    /// touched nothing, when tile batches are switched off (`with_tile_batches`).
+    pub(crate) fn run_tiles(
+        &self,
+        memory: &mut [u8],
+        kernel: u32,
+        ops: u32,
+        count: u32,
+        tiles: u32,
+        deltas: u32,
+    ) -> Result<i32, KernelFault> {
+        if !self.tile_batches {
+            return Ok(-1);
+        }
+        let ker = self.kernel(kernel)?;
+        let n = count as usize * WORDS_PER_OP;
+        let first = read_ops(memory, ops, count)?;
+        let deltas = read_ops(memory, deltas, count)?;
+        let tile_records = (ker.mr * ker.nr) as u64;
+        let depth = |words: &[u32]| -> u64 {
+            words
+                .chunks_exact(WORDS_PER_OP)
+                .filter(|w| w[0] == op::ADD_MAT_MUL)
+                .map(|w| u64::from(w[1]))
+                .sum()
+        };
+        // Refused before any tile runs when the first tile's work times the count is too much
+        // already; the running total below catches depths that grow from tile to tile.
+        if u64::from(tiles).saturating_mul(tile_records.saturating_mul(depth(&first[..n]).max(1)))
+            > MAX_TILE_WORK
+        {
+            return Err(too_much(tiles, ker));
+        }
+        let mut work = 0u64;
+        let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+        for t in 0..tiles {
+            for ((w, f), d) in words.iter_mut().zip(&first).zip(&deltas).take(n) {
+                *w = f.wrapping_add(d.wrapping_mul(t));
+            }
+            work = work.saturating_add(tile_records.saturating_mul(depth(&words[..n]).max(1)));
+            if work > MAX_TILE_WORK {
+                return Err(too_much(tiles, ker));
+            }
+            let done = run_checked(memory, ker, &words[..n])?;
+            if done != 0 {
+                return Ok(done);
+            }
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(0)
+    }
+
+    fn kernel(&self, kernel: u32) -> Result<&Native, KernelFault> {
+        self.kernels.get(kernel as usize).ok_or_else(|| KernelFault(format!("no host kernel {kernel}")))
+    }
+}
+
+fn too_much(tiles: u32, ker: &Native) -> KernelFault {
+    KernelFault(format!("{tiles} tiles of {} do more than {MAX_TILE_WORK} multiply-adds", ker.name))
+}
+
+/// The `count` ops at guest address `ops`, as words.
+fn read_ops(memory: &[u8], ops: u32, count: u32) -> Result<[u32; MAX_OPS * WORDS_PER_OP], KernelFault> {
+    let count = count as usize;
+    if count > MAX_OPS {
+        return Err(KernelFault(format!("{count} ops in one tile (at most {MAX_OPS})")));
+    }
+    let at = span(memory, ops, (count * WORDS_PER_OP * 4) as u64)?;
+    let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+    for (w, b) in words.iter_mut().zip(memory[at..at + count * WORDS_PER_OP * 4].chunks_exact(4)) {
+        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(words)
+}
+
+/// Checks one tile's op list (`words`, whole ops) and runs it.
+fn run_checked(memory: &mut [u8], ker: &Native, words: &[u32]) -> Result<i32, KernelFault> {
+    let count = words.len() / WORDS_PER_OP;
+    let base = memory.as_mut_ptr();
+    let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
+    for (i, w) in words.chunks_exact(WORDS_PER_OP).enumerate() {
+        spec[i] = decode(memory.len(), base, ker, w)?;
+    }
+    let spec = &spec[..=count];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(tiles) = ker.tiles
+        && super::avx512_tiles::supported(spec)
+    {
+        call_tiles(tiles, spec);
+        return Ok(0);
+    }
+    Ok(call_native(ker.run, spec))
 }
 
 /// Runs Warden's version of a kernel (`avx512_tiles`) on a checked op list it supports.

@@ -72,6 +72,9 @@ pub struct SandboxConfig {
     /// default `true`. With `false` the guest computes everything with its own WebAssembly
     /// kernels.
     pub native_kernels: bool,
+    /// Run rows of tiles per host call (`mmm_run_tiles`); with `false` the host refuses such
+    /// calls and the guest sends one tile per call. By default `true`.
+    pub tile_batches: bool,
 }
 
 impl Default for SandboxConfig {
@@ -86,6 +89,7 @@ impl Default for SandboxConfig {
             guest: None,
             relaxed_simd: false,
             native_kernels: true,
+            tile_batches: true,
         }
     }
 }
@@ -165,7 +169,7 @@ fn kernel_env<'a>(
 
 /// Defines the kernel imports (`warden_wire::guest::kernels`).
 fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    use warden_wire::guest::kernels::{DEPTHWISE_C, LIST, MODULE, PICK, RUN};
+    use warden_wire::guest::kernels::{DEPTHWISE_C, LIST, MODULE, PICK, RUN, RUN_TILES};
     linker.func_wrap(MODULE, LIST, |mut caller: Caller<'_, StoreState>, buf: u32, cap: u32| {
         let (memory, state) = kernel_env(&mut caller)?;
         Ok(state.kernels.list(memory, buf, cap)?)
@@ -180,6 +184,16 @@ fn link_kernels(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
             let (memory, state) = kernel_env(&mut caller)?;
             let done = state.kernels.run(memory, kernel, ops, count)?;
             state.kernel_calls += 1;
+            Ok(done)
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        RUN_TILES,
+        |mut caller: Caller<'_, StoreState>, kernel: u32, ops: u32, count: u32, tiles: u32, deltas: u32| {
+            let (memory, state) = kernel_env(&mut caller)?;
+            let done = state.kernels.run_tiles(memory, kernel, ops, count, tiles, deltas)?;
+            state.kernel_calls += if done == 0 { u64::from(tiles) } else { 0 };
             Ok(done)
         },
     )?;
@@ -278,8 +292,10 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Setup(format!("starting the epoch thread: {e}")))?;
-        let kernels =
-            Arc::new(if config.native_kernels { HostKernels::native() } else { HostKernels::none() });
+        let kernels = Arc::new(
+            if config.native_kernels { HostKernels::native() } else { HostKernels::none() }
+                .with_tile_batches(config.tile_batches),
+        );
         Ok(Sandbox { engine, pre, config, stop_ticker, compile: (outcome, elapsed), kernels })
     }
 
@@ -292,6 +308,11 @@ impl Sandbox {
     /// How many host kernel calls (matrix tiles, depthwise runs) guests have made so far.
     pub fn native_kernel_calls(&self) -> u64 {
         self.kernels.calls()
+    }
+
+    /// How many of those tiles came in rows (`mmm_run_tiles` calls) so far.
+    pub fn native_tile_batches(&self) -> u64 {
+        self.kernels.batches()
     }
 
     /// Whether the guest came from the cache, and how long getting it took.

@@ -1,16 +1,21 @@
-//! tract's transposing pack of a matrix product's operand, with 128-bit 4x4 transposes.
+//! tract's pack of a matrix product's operand, with 128-bit 4x4 transposes and row copies.
 //!
 //! Before a matrix product, tract packs its activation operand into panels of `r` columns, `k`
 //! rows each. When the operand's `k` axis is the contiguous one (a pointwise convolution over
 //! channel-last data, the layout tract picks in WebAssembly around depthwise convolutions),
 //! the pack is a transpose, which tract 0.23.9 does in 4x4 tiles: with NEON on ARM, and one
-//! value at a time in WebAssembly. It took about 3% of PP-OCR recognition's time.
+//! value at a time in WebAssembly. It took about 3% of PP-OCR recognition's time. When the
+//! operand's `mn` axis is the contiguous one, each panel row is `r` neighbouring values: tract
+//! copies them as one block for a few panel widths (4 to 32 f32s), and one value at a time
+//! otherwise, as for the host's 48-, 64- and 80-row kernels' A operand (4.3% of PP-OCR
+//! orientation's time, in `pack_t`'s own per-value loop).
 //!
-//! [`TransposePack`] replaces tract's `OptMatMulPack` in exactly that case, found the same way
+//! [`TransposePack`] replaces tract's `OptMatMulPack` in those two cases, found the same way
 //! as in `im2col`: at load it runs tract's op once on a probe input whose every element holds
-//! its own index and proves that every packed place holds `base + column * stride + row`
-//! (the transposing layout). It then packs with the same tiles and tails as tract, each tile
-//! four 128-bit loads, eight shuffles and four stores. The values written, and where, are
+//! its own index and proves that every packed place holds `base + column * stride + row` (the
+//! transposing layout) or `base + column + row * stride` (the row layout). It then packs with
+//! the same tiles and tails as tract, each tile four 128-bit loads, eight shuffles and four
+//! stores, or copies each panel row four values at a time. The values written, and where, are
 //! tract's, bit for bit; any other case keeps tract's op. Only the WebAssembly build swaps it
 //! in ([`swapped_in`]), so native tract stays what the benchmarks compare against.
 #![allow(unsafe_code)]
@@ -47,8 +52,11 @@ struct Plan {
     r: usize,
     k: usize,
     mn: usize,
-    /// Input elements between two columns (the `mn` axis).
+    /// Input elements between two columns (the `mn` axis) when `transposed`, else between two
+    /// rows (the `k` axis).
     stride: usize,
+    /// Whether `k` is the contiguous axis (the transposing layout) or `mn` is (the row layout).
+    transposed: bool,
     /// f32s from one panel to the next.
     panel_len: usize,
     align: usize,
@@ -56,8 +64,8 @@ struct Plan {
     batch_shape: TVec<usize>,
 }
 
-/// tract's `OptMatMulPack`, for an operand whose `k` axis is contiguous, with vector
-/// transposes.
+/// tract's `OptMatMulPack`, for an operand whose `k` or `mn` axis is contiguous, with vector
+/// transposes or row copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransposePack {
     plan: Arc<Plan>,
@@ -80,7 +88,9 @@ impl TransposePack {
             if format.dt != f32::datum_type() || packed.panel_bytes != panel_len * 4 {
                 return Ok(None);
             }
-            let Some((base, stride)) = transposed(bytes, (r, k, mn), panel_len, len) else { return Ok(None) };
+            let Some((base, stride, transposed)) = layout(bytes, (r, k, mn), panel_len, len) else {
+                return Ok(None);
+            };
             let matrix = Matrix { base, fact: packed.fact.clone() };
             let plan = plan.get_or_insert_with(|| Plan {
                 len,
@@ -88,12 +98,15 @@ impl TransposePack {
                 k,
                 mn,
                 stride,
+                transposed,
                 panel_len,
                 align: format.alignment_bytes.max(align_of::<f32>()),
                 matrices: Vec::new(),
                 batch_shape: storage.batch_shape().into(),
             });
-            if (plan.r, plan.k, plan.mn, plan.stride, plan.panel_len) != (r, k, mn, stride, panel_len) {
+            if (plan.r, plan.k, plan.mn, plan.stride, plan.transposed, plan.panel_len)
+                != (r, k, mn, stride, transposed, panel_len)
+            {
                 return Ok(None);
             }
             plan.matrices.push(matrix);
@@ -102,16 +115,17 @@ impl TransposePack {
     }
 }
 
-/// The base and column stride of the transposing layout, if `bytes` (panels packed from the
-/// probe input) hold input index `base + (p * r + x) * stride + kk` at every real place (panel
-/// `p`, row `kk < k`, column `x <` the panel's width), each an index of an input of `len`
-/// elements. Needs `k`, `mn` and `r` above 1, and panels of `panel_len` f32s in `bytes`.
-fn transposed(
+/// The base, the stride and whether the layout is the transposing one, if `bytes` (panels packed
+/// from the probe input) hold input index `base + (p * r + x) * stride + kk` at every real place
+/// (panel `p`, row `kk < k`, column `x <` the panel's width: the transposing layout, `true`) or
+/// `base + (p * r + x) + kk * stride` (the row layout, `false`), each an index of an input of
+/// `len` elements. Needs `k`, `mn` and `r` above 1, and panels of `panel_len` f32s in `bytes`.
+fn layout(
     bytes: &[u8],
     (r, k, mn): (usize, usize, usize),
     panel_len: usize,
     len: usize,
-) -> Option<(usize, usize)> {
+) -> Option<(usize, usize, bool)> {
     if r < 2 || k < 2 || mn < 2 || bytes.len() < mn.div_ceil(r) * panel_len * 4 {
         return None;
     }
@@ -119,24 +133,28 @@ fn transposed(
         let b = &bytes[(p * panel_len + kk * r + x) * 4..][..4];
         f32::from_ne_bytes(b.try_into().expect("four bytes"))
     };
-    let (base, next) = (at(0, 0, 0), at(0, 0, 1));
-    // Both false for NaN: an unwritten place fails here too.
-    let regular = base >= 0.0 && next > base + 1.0 && at(0, 1, 0) == base + 1.0;
-    if !regular {
+    let (base, next, below) = (at(0, 0, 0), at(0, 0, 1), at(0, 1, 0));
+    // All false for NaN: an unwritten place fails here too.
+    let (stride, transposed) = if base >= 0.0 && next > base + 1.0 && below == base + 1.0 {
+        (next - base, true)
+    } else if base >= 0.0 && next == base + 1.0 && below > base + 1.0 {
+        (below - base, false)
+    } else {
         return None;
-    }
-    let (base, stride) = (base as usize, (next - base) as usize);
+    };
+    let (base, stride) = (base as usize, stride as usize);
+    let (x_step, k_step) = if transposed { (stride, 1) } else { (1, stride) };
     for p in 0..mn.div_ceil(r) {
         for kk in 0..k {
             for x in 0..r.min(mn - p * r) {
-                let want = base + (p * r + x) * stride + kk;
+                let want = base + (p * r + x) * x_step + kk * k_step;
                 if want >= len || at(p, kk, x) != want as f32 {
                     return None;
                 }
             }
         }
     }
-    Some((base, stride))
+    Some((base, stride, transposed))
 }
 
 impl Op for TransposePack {
@@ -146,7 +164,15 @@ impl Op for TransposePack {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let p = &self.plan;
-        Ok(vec![format!("k={} mn={} r={} stride={} matrices={}", p.k, p.mn, p.r, p.stride, p.matrices.len())])
+        let axis = if p.transposed { "columns" } else { "rows" };
+        Ok(vec![format!(
+            "k={} mn={} r={} stride={} between {axis} matrices={}",
+            p.k,
+            p.mn,
+            p.r,
+            p.stride,
+            p.matrices.len()
+        )])
     }
 
     op_as_typed_op!();
@@ -187,16 +213,19 @@ impl EvalOp for TransposePack {
             ensure!(out.align_offset(align_of::<f32>()) == 0, "transposing pack buffer");
             for p in 0..panels {
                 // SAFETY: the probe proved that for every panel `p`, row `kk < k` and column
-                // `x <` the panel's width, `base + (p * r + x) * stride + kk` is an index of an
-                // input of `plan.len` elements, which `x` has; `pack_panel` reads only those.
-                // It writes `p * panel_len + kk * r + x` for the same ranges, inside `size`.
+                // `x <` the panel's width, `base + (p * r + x) * stride + kk` (transposed) or
+                // `base + (p * r + x) + kk * stride` (rows) is an index of an input of
+                // `plan.len` elements, which `x` has; `pack_panel` and `copy_panel` read only
+                // those. They write `p * panel_len + kk * r + x` for the same ranges, inside
+                // `size`.
                 unsafe {
-                    pack_panel(
-                        x.as_ptr().add(matrix.base + p * plan.r * plan.stride),
-                        out.add(p * plan.panel_len),
-                        plan,
-                        plan.r.min(plan.mn - p * plan.r),
-                    )
+                    let width = plan.r.min(plan.mn - p * plan.r);
+                    let dst = out.add(p * plan.panel_len);
+                    if plan.transposed {
+                        pack_panel(x.as_ptr().add(matrix.base + p * plan.r * plan.stride), dst, plan, width)
+                    } else {
+                        copy_panel(x.as_ptr().add(matrix.base + p * plan.r), dst, plan, width)
+                    }
                 };
             }
             values.push(Box::new(EagerPackedInput {
@@ -249,6 +278,41 @@ unsafe fn pack_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) 
     }
 }
 
+/// One panel of the row layout, as tract's `pack_t` lays it out: `dst[kk * r + x] = src[kk *
+/// stride + x]` for `kk < k`, `x < width`; four values at a time, then the rest one by one.
+///
+/// # Safety
+/// Every index named above must be inside `src`'s and `dst`'s allocations.
+unsafe fn copy_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) {
+    let (r, k, stride) = (plan.r, plan.k, plan.stride);
+    let quads = width / 4 * 4;
+    unsafe {
+        for kk in 0..k {
+            let (from, to) = (src.add(kk * stride), dst.add(kk * r));
+            for x in (0..quads).step_by(4) {
+                copy4(from.add(x), to.add(x));
+            }
+            for x in quads..width {
+                *to.add(x) = *from.add(x);
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[i]` for `i < 4`: one 128-bit load and store in WebAssembly.
+#[inline(always)]
+unsafe fn copy4(src: *const f32, dst: *mut f32) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    unsafe {
+        use std::arch::wasm32::{v128, v128_load, v128_store};
+        v128_store(dst.cast::<v128>(), v128_load(src.cast::<v128>()));
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, 4);
+    }
+}
+
 /// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i, j < 4`.
 #[inline(always)]
 unsafe fn transpose4x4(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
@@ -297,6 +361,17 @@ mod tests {
         (model, vec![n, k])
     }
 
+    /// `W[m, k] . X[k, n]`: the operand's `mn` axis is its contiguous one.
+    fn product_rows(m: usize, k: usize, n: usize) -> (TypedModel, Vec<usize>) {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([k, n])).unwrap();
+        let w = model.add_const("w", Tensor::from_shape(&[m, k], &weights(m * k)).unwrap()).unwrap();
+        let einsum = EinSum::new("mk,kn->mn".parse().unwrap(), f32::datum_type());
+        let out = model.wire_node("mm", einsum, &[w, x]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        (model, vec![k, n])
+    }
+
     /// Each product through tract's pack and through [`TransposePack`], natively: the same
     /// outputs bit for bit. Sizes with and without a partial last panel, with `k` a multiple of
     /// four and not, and wider and narrower than a tile; pointwise convolutions over
@@ -309,6 +384,9 @@ mod tests {
             ("product 33x130x5", product(33, 130, 5)),
             ("pointwise 16 -> 32 over 6x10", conv(NHWC, [16, 6, 10], [1, 1], 1, 1, Valid, 1, 32)),
             ("pointwise 10 -> 24 over 3x7", conv(NHWC, [10, 3, 7], [1, 1], 1, 1, Valid, 1, 24)),
+            ("rows 64x96x40", product_rows(64, 96, 40)),
+            ("rows 16x7x13", product_rows(16, 7, 13)),
+            ("rows 33x130x5", product_rows(33, 130, 5)),
         ];
         for (what, (model, shape)) in cases {
             swaps_all_and_matches(what, model, &shape, TRACT_OP, swapped_in);
@@ -337,7 +415,7 @@ mod tests {
             }
             bytes
         };
-        assert_eq!(transposed(&packed(&|_, _, _| None), (r, k, mn), panel_len, len), Some((base, stride)));
+        assert_eq!(layout(&packed(&|_, _, _| None), (r, k, mn), panel_len, len), Some((base, stride, true)));
         let nan = f32::from_ne_bytes([0xff; 4]);
         let spoiled: [(&str, Spoil); 4] = [
             ("one place off by one", &|p, kk, x| ((p, kk, x) == (1, 2, 1)).then_some(33.0)),
@@ -346,7 +424,7 @@ mod tests {
             ("a place left unwritten", &|p, kk, x| ((p, kk, x) == (0, 2, 3)).then_some(nan)),
         ];
         for (what, spoil) in spoiled {
-            assert_eq!(transposed(&packed(spoil), (r, k, mn), panel_len, len), None, "{what}");
+            assert_eq!(layout(&packed(spoil), (r, k, mn), panel_len, len), None, "{what}");
         }
     }
 
@@ -363,6 +441,7 @@ mod tests {
                 k,
                 mn: width,
                 stride,
+                transposed: true,
                 panel_len: k * r,
                 align: 4,
                 matrices: Vec::new(),
@@ -373,6 +452,60 @@ mod tests {
             for kk in 0..k {
                 for x in 0..r {
                     let want = if x < width { src[x * stride + kk] } else { -1.0 };
+                    assert_eq!(dst[kk * r + x], want, "k {k} width {width}: row {kk} column {x}");
+                }
+            }
+        }
+    }
+
+    /// The row layout is read off panels that hold it (partial last panel included), and a
+    /// place off by one refuses it.
+    #[test]
+    fn the_probe_reads_the_row_layout() {
+        let (r, k, mn, stride, base, len) = (4usize, 3usize, 6usize, 9usize, 1usize, 40usize);
+        let panel_len = k * r;
+        let packed = |off: Option<(usize, usize, usize)>| {
+            let mut bytes = vec![0xffu8; mn.div_ceil(r) * panel_len * 4];
+            for p in 0..mn.div_ceil(r) {
+                for kk in 0..k {
+                    for x in 0..r.min(mn - p * r) {
+                        let v = (base + p * r + x + kk * stride) as f32
+                            + if off == Some((p, kk, x)) { 1.0 } else { 0.0 };
+                        let at = (p * panel_len + kk * r + x) * 4;
+                        bytes[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+                    }
+                }
+            }
+            bytes
+        };
+        assert_eq!(layout(&packed(None), (r, k, mn), panel_len, len), Some((base, stride, false)));
+        assert_eq!(layout(&packed(Some((1, 2, 1))), (r, k, mn), panel_len, len), None);
+    }
+
+    /// The copies and the tail against the definition, with nothing written outside the
+    /// panel's places.
+    #[test]
+    fn copy_panel_copies_every_place_once() {
+        for (k, width) in [(8, 8), (7, 6), (4, 3), (3, 13), (9, 1)] {
+            let (r, stride) = (16usize, 21usize);
+            let src: Vec<f32> = (0..k * stride + width).map(|i| i as f32).collect();
+            let plan = Plan {
+                len: src.len(),
+                r,
+                k,
+                mn: width,
+                stride,
+                transposed: false,
+                panel_len: k * r,
+                align: 4,
+                matrices: Vec::new(),
+                batch_shape: tvec!(),
+            };
+            let mut dst = vec![-1.0f32; k * r];
+            unsafe { copy_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
+            for kk in 0..k {
+                for x in 0..r {
+                    let want = if x < width { src[kk * stride + x] } else { -1.0 };
                     assert_eq!(dst[kk * r + x], want, "k {k} width {width}: row {kk} column {x}");
                 }
             }

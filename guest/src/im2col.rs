@@ -458,9 +458,9 @@ unsafe fn copy2(s: *const f32, d: *mut f32) {
     unsafe { d.cast::<u64>().write_unaligned(s.cast::<u64>().read_unaligned()) }
 }
 
-/// Four f32s from `s` to `d`, unaligned.
+/// Four f32s from `s` to `d`, unaligned (also the pack's row copies, `crate::pack`).
 #[inline(always)]
-unsafe fn copy4(s: *const f32, d: *mut f32) {
+pub(crate) unsafe fn copy4(s: *const f32, d: *mut f32) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     unsafe {
         use std::arch::wasm32::{v128, v128_load, v128_store};

@@ -22,6 +22,8 @@
 
 use std::sync::Arc;
 
+use crate::im2col::copy4;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::tract_linalg::mmm::{
@@ -299,20 +301,6 @@ unsafe fn copy_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) 
     }
 }
 
-/// `dst[i] = src[i]` for `i < 4`: one 128-bit load and store in WebAssembly.
-#[inline(always)]
-unsafe fn copy4(src: *const f32, dst: *mut f32) {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    unsafe {
-        use std::arch::wasm32::{v128, v128_load, v128_store};
-        v128_store(dst.cast::<v128>(), v128_load(src.cast::<v128>()));
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, 4);
-    }
-}
-
 /// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i, j < 4`.
 #[inline(always)]
 unsafe fn transpose4x4(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
@@ -428,6 +416,22 @@ mod tests {
         }
     }
 
+    /// A plan for one panel of `width` columns of an input of `len` values.
+    fn panel_plan(len: usize, (r, k, width): (usize, usize, usize), stride: usize, transposed: bool) -> Plan {
+        Plan {
+            len,
+            r,
+            k,
+            mn: width,
+            stride,
+            transposed,
+            panel_len: k * r,
+            align: 4,
+            matrices: Vec::new(),
+            batch_shape: tvec!(),
+        }
+    }
+
     /// The tile and both tails against the definition, with nothing written outside the panel's
     /// places.
     #[test]
@@ -435,18 +439,7 @@ mod tests {
         for (k, width) in [(8, 8), (7, 6), (4, 3), (3, 4), (9, 1)] {
             let (r, stride) = (8usize, 11usize);
             let src: Vec<f32> = (0..width * stride + k).map(|i| i as f32).collect();
-            let plan = Plan {
-                len: src.len(),
-                r,
-                k,
-                mn: width,
-                stride,
-                transposed: true,
-                panel_len: k * r,
-                align: 4,
-                matrices: Vec::new(),
-                batch_shape: tvec!(),
-            };
+            let plan = panel_plan(src.len(), (r, k, width), stride, true);
             let mut dst = vec![-1.0f32; k * r];
             unsafe { pack_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
             for kk in 0..k {
@@ -489,18 +482,7 @@ mod tests {
         for (k, width) in [(8, 8), (7, 6), (4, 3), (3, 13), (9, 1)] {
             let (r, stride) = (16usize, 21usize);
             let src: Vec<f32> = (0..k * stride + width).map(|i| i as f32).collect();
-            let plan = Plan {
-                len: src.len(),
-                r,
-                k,
-                mn: width,
-                stride,
-                transposed: false,
-                panel_len: k * r,
-                align: 4,
-                matrices: Vec::new(),
-                batch_shape: tvec!(),
-            };
+            let plan = panel_plan(src.len(), (r, k, width), stride, false);
             let mut dst = vec![-1.0f32; k * r];
             unsafe { copy_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
             for kk in 0..k {

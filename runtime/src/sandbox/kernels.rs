@@ -253,8 +253,9 @@ impl HostKernels {
     /// full, exactly as `mmm_run` checks one: the deltas only save the guest a call per tile.
     /// The tiles' multiply-adds, padded to whole tiles and counting each tile as at least one
     /// record, may not exceed [`MAX_TILE_WORK`]: a host call is not interrupted by the deadline.
-    /// Stops at the first refused tile; the tiles before it have run. Answers `-1`, having
-    /// touched nothing, when tile batches are switched off (`with_tile_batches`).
+    /// Stops at the first refused tile (or one whose kernel fails); the tiles before it have
+    /// run. Answers `-1`, having touched nothing, only when tile batches are switched off
+    /// (`with_tile_batches`).
     pub(crate) fn run_tiles(
         &self,
         memory: &mut [u8],
@@ -296,9 +297,12 @@ impl HostKernels {
             if work > MAX_TILE_WORK {
                 return Err(too_much(tiles, ker));
             }
+            // A kernel's own error ends the call as a fault, so that `-1` only ever means
+            // "refused, nothing ran" (the guest then sends the same tiles one by one, and a
+            // unicast add run twice would be wrong).
             let done = run_checked(memory, ker, &words[..n])?;
             if done != 0 {
-                return Ok(done);
+                return Err(KernelFault(format!("{} returned {done} at tile {t} of {tiles}", ker.name)));
             }
         }
         self.batches.fetch_add(1, Ordering::Relaxed);

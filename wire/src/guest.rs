@@ -271,6 +271,19 @@ pub mod kernels {
         pub channels: usize,
     }
 
+    /// The work `mmm_run_tiles` counts for one tile of an `mr x nr` kernel whose op words are
+    /// `words` (whole ops): `mr * nr` times the depth of its products, at least one record. The
+    /// guest sizes its rows by it, the host refuses a call whose tiles add up to more than
+    /// [`MAX_TILE_WORK`].
+    pub fn tile_work(mr: u64, nr: u64, words: &[u32]) -> u64 {
+        let depth: u64 = words
+            .chunks_exact(WORDS_PER_OP)
+            .filter(|w| w[0] == op::ADD_MAT_MUL)
+            .map(|w| u64::from(w[1]))
+            .sum();
+        mr.saturating_mul(nr).saturating_mul(depth.max(1))
+    }
+
     /// A run of `len` positions of `channels` channels with `taps` taps, cut into pieces of at
     /// most [`MAX_DEPTHWISE_WORK`] multiply-adds each (a tap count of 0 counting as 1): whole
     /// positions when one fits, else one position at a time in blocks of channels. The pieces
@@ -368,6 +381,20 @@ mod tests {
     use super::*;
     use alloc::string::ToString;
     use alloc::vec;
+
+    /// A tile's work is its products' depth times its size, and a tile with no product still
+    /// counts as one record.
+    #[test]
+    fn tile_work_counts_every_product_and_at_least_one_record() {
+        use kernels::{op, tile_work};
+        let product = |k| [op::ADD_MAT_MUL, k, 0, 0, 0];
+        let store = [op::STORE, 0, 4, 64, 4];
+        let words = |ops: &[[u32; 5]]| ops.iter().flatten().copied().collect::<vec::Vec<u32>>();
+        assert_eq!(tile_work(16, 12, &words(&[product(288), store])), 16 * 12 * 288);
+        assert_eq!(tile_work(16, 12, &words(&[product(9), product(7), store])), 16 * 12 * 16);
+        assert_eq!(tile_work(16, 12, &words(&[store])), 16 * 12);
+        assert_eq!(tile_work(16, 12, &words(&[product(0)])), 16 * 12);
+    }
 
     /// Every run is covered once, in order, by pieces within the budget: runs that fit, runs
     /// split by positions, positions split by channels, and empty runs.

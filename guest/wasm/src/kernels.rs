@@ -38,7 +38,7 @@ use tract_linalg::mmm_tiers::MmmTier;
 use tract_linalg::pack::PackedFormat;
 use tract_linalg::routines::{DepthwiseCF32, Func, Routine, RoutineFactory};
 use warden_wire::guest::kernels::{
-    HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, depthwise_pieces, op,
+    HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, depthwise_pieces, op, tile_work,
 };
 
 #[link(wasm_import_module = "warden")]
@@ -229,8 +229,8 @@ impl MatMatMulKer for HostKer {
 
 /// A host kernel as a whole matrix product: tract's own driver ([`HostKer`]'s blanket
 /// `MatMatMul`), except that the tiles a product fills go to the host a row of tiles per call
-/// (`mmm_run_tiles`) instead of one per call, which saved 4-6% of the CNN's and PP-OCR's time
-/// (benches/README.md).
+/// (`mmm_run_tiles`) instead of one per call (CNN 0.932x, PP-OCR recognition 0.941x and
+/// orientation 0.970x; benches/README.md).
 ///
 /// tract resolves each tile's op list from the product's fused ops; every address in it is an
 /// affine function of the tile's place (packed panels, bias slices and output tiles at fixed
@@ -279,7 +279,7 @@ impl HostMmm {
     }
 
     /// Runs the product's full tiles a row at a time (see [`HostMmm`]); `false` if it cannot
-    /// (then none ran). `k` is the product's depth.
+    /// (then none ran).
     ///
     /// # Safety
     /// tract's contract for `run_with_scratch_space`, with `scratch` prepared for `specs`.
@@ -287,7 +287,6 @@ impl HostMmm {
         &self,
         m: usize,
         n: usize,
-        k: usize,
         scratch: &ScratchSpaceImpl<f32>,
         specs: &[FusedSpec],
     ) -> TractResult<bool> {
@@ -319,8 +318,8 @@ impl HostMmm {
             return Ok(false);
         }
         // Per call, at most MAX_TILE_WORK multiply-adds (the host refuses more).
-        let per_tile = (mr * nr * k.max(1)) as u64;
-        let chunk = usize::try_from(MAX_TILE_WORK / per_tile).unwrap_or(usize::MAX).max(1);
+        let per_tile = tile_work(mr as u64, nr as u64, &first.words[..first.count * WORDS_PER_OP]);
+        let chunk = usize::try_from(MAX_TILE_WORK / per_tile.max(1)).unwrap_or(usize::MAX).max(1);
         for row in 0..rows {
             let mut col = 0;
             while col < cols {
@@ -360,7 +359,6 @@ impl HostMmm {
         &self,
         m: usize,
         n: usize,
-        k: usize,
         scratch: &mut ScratchSpaceImpl<f32>,
         specs: &[FusedSpec],
     ) -> TractResult<()> {
@@ -369,7 +367,7 @@ impl HostMmm {
         // `specs` and this kernel, as `full_tiles` and `ScratchSpaceImpl::run` require.
         unsafe {
             scratch.prepare(&self.0, m, n, specs)?;
-            let batched = self.full_tiles(m, n, k, scratch, specs)?;
+            let batched = self.full_tiles(m, n, scratch, specs)?;
             for down in 0..m.div_ceil(mr) {
                 for right in 0..n.div_ceil(nr) {
                     if !batched || down >= m / mr || right >= n / nr {
@@ -382,10 +380,10 @@ impl HostMmm {
     }
 }
 
-/// `Some((k, the B operand if tract packs it lazily))` if every fused op is one whose addresses
-/// [`HostMmm`] can step (scalar, per-row and per-column ops, unicast adds, the store, and one
-/// product whose A operand is packed ahead of time).
-fn batchable<'s>(specs: &'s [FusedSpec<'s>]) -> Option<(usize, Option<&'s dyn MMMInputValue>)> {
+/// `Some` if every fused op is one whose addresses [`HostMmm`] can step (scalar, per-row and
+/// per-column ops, unicast adds, the store, and one product whose A operand is packed ahead of
+/// time), holding the product's B operand if tract packs it lazily.
+fn batchable<'s>(specs: &'s [FusedSpec<'s>]) -> Option<Option<&'s dyn MMMInputValue>> {
     let mut product = None;
     for spec in specs {
         match spec {
@@ -399,7 +397,7 @@ fn batchable<'s>(specs: &'s [FusedSpec<'s>]) -> Option<(usize, Option<&'s dyn MM
                 if product.is_none() && a.scratch_panel_buffer_layout().is_none() =>
             {
                 let b: &dyn MMMInputValue = &**b;
-                product = Some((b.k(), b.scratch_panel_buffer_layout().map(|_| b)));
+                product = Some(b.scratch_panel_buffer_layout().map(|_| b));
             }
             _ => return None,
         }
@@ -594,7 +592,7 @@ impl MatMatMul for HostMmm {
         // from three columns and eight tiles on.
         let worth = cols >= 3 && rows * cols >= 8 && HOST_TILE_BATCHES.load(Ordering::Relaxed);
         let plan = if worth { batchable(specs) } else { None };
-        let Some((k, lazy_b)) = plan else {
+        let Some(lazy_b) = plan else {
             // SAFETY: passed on.
             return unsafe { MatMatMul::run_with_scratch_space(&self.0, m, n, scratch, specs) };
         };
@@ -603,7 +601,7 @@ impl MatMatMul for HostMmm {
         };
         let Some(b) = lazy_b else {
             // SAFETY: passed on.
-            return unsafe { self.run_rows(m, n, k, scratch, specs) };
+            return unsafe { self.run_rows(m, n, scratch, specs) };
         };
         let Some(format) = self.0.packings[0].1.downcast_ref::<PackedFormat>() else {
             bail!("{} packs B other than as f32 panels", self.0.name);
@@ -625,7 +623,7 @@ impl MatMatMul for HostMmm {
             .collect();
         // SAFETY: tract's contract, with B's panels now read from `packed`, which holds the same
         // values at the kernel's packing and outlives the product.
-        unsafe { self.run_rows(m, n, k, scratch, &specs) }
+        unsafe { self.run_rows(m, n, scratch, &specs) }
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tract_data::prelude::DatumType;
 use tract_linalg::mmm::{DynKernel, FusedKerSpec, MatMatMul, MmmDispatch, OutputStoreKer, Query};
 use tract_linalg::pack::PackedFormat;
-use warden_wire::guest::kernels::{HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, op};
+use warden_wire::guest::kernels::{HostKernel, MAX_OPS, MAX_TILE_WORK, Packing, WORDS_PER_OP, op, tile_work};
 
 use super::depthwise::{Args, DepthwiseC};
 
@@ -272,19 +272,10 @@ impl HostKernels {
         let n = count as usize * WORDS_PER_OP;
         let first = read_ops(memory, ops, count)?;
         let deltas = read_ops(memory, deltas, count)?;
-        let tile_records = (ker.mr * ker.nr) as u64;
-        let depth = |words: &[u32]| -> u64 {
-            words
-                .chunks_exact(WORDS_PER_OP)
-                .filter(|w| w[0] == op::ADD_MAT_MUL)
-                .map(|w| u64::from(w[1]))
-                .sum()
-        };
+        let work_of = |words: &[u32]| tile_work(ker.mr as u64, ker.nr as u64, words);
         // Refused before any tile runs when the first tile's work times the count is too much
         // already; the running total below catches depths that grow from tile to tile.
-        if u64::from(tiles).saturating_mul(tile_records.saturating_mul(depth(&first[..n]).max(1)))
-            > MAX_TILE_WORK
-        {
+        if u64::from(tiles).saturating_mul(work_of(&first[..n])) > MAX_TILE_WORK {
             return Err(too_much(tiles, ker));
         }
         let mut work = 0u64;
@@ -293,7 +284,7 @@ impl HostKernels {
             for ((w, f), d) in words.iter_mut().zip(&first).zip(&deltas).take(n) {
                 *w = f.wrapping_add(d.wrapping_mul(t));
             }
-            work = work.saturating_add(tile_records.saturating_mul(depth(&words[..n]).max(1)));
+            work = work.saturating_add(work_of(&words[..n]));
             if work > MAX_TILE_WORK {
                 return Err(too_much(tiles, ker));
             }

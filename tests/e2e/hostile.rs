@@ -292,10 +292,11 @@ fn mmm_run_tiles_guest(words: &[u32], steps: &[u32], count: u32, tiles: u32) -> 
 }
 
 /// A guest whose valid op lists put a tile in the last bytes of its memory, stored and added to
-/// both row by row and column by column: the host's own run of tract's AVX-512 kernels
-/// (`avx512_tiles`, with its transposed and item-by-item paths) must touch nothing past the tile.
-/// A read or write past the end of the guest's memory would fault in host code and take the
-/// process down; instead the call runs, and the process then serves the real guest.
+/// by whole columns, by whole rows and item by item: the host's own run of tract's AVX-512
+/// kernels (`avx512_tiles`, with its transposed and item-by-item paths) and tract's own AVX-512
+/// and FMA kernels must touch nothing past the tile. A read or write past the end of the guest's
+/// memory would fault in host code and take the process down; instead each call runs, and the
+/// process then serves the real guest. Every such kernel this CPU has is tried.
 #[test]
 fn tiles_in_the_last_bytes_of_guest_memory_touch_nothing_past_them() {
     use warden::guest::kernels::op;
@@ -304,28 +305,57 @@ fn tiles_in_the_last_bytes_of_guest_memory_touch_nothing_past_them() {
     let publisher = TestPublisher::new(dir.path());
     let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
     let probe = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
-    let Some(kernel) = probe.native_kernels().iter().position(|k| *k == "avx512_mmm_f32_16x12") else {
-        eprintln!("no AVX-512 16x12 kernel on this CPU; nothing to check");
-        return;
-    };
+    let shapes: Vec<(usize, u32, u32)> = probe
+        .native_kernels()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, name)| {
+            let shape = name.strip_prefix("avx512_mmm_f32_").or_else(|| name.strip_prefix("fma_mmm_f32_"))?;
+            let (mr, nr) = shape.split_once('x')?;
+            Some((index, mr.parse().ok()?, nr.parse().ok()?))
+        })
+        .collect();
     drop(probe);
+    if shapes.is_empty() {
+        eprintln!("no AVX-512 or FMA kernel on this CPU; nothing to check");
+        return;
+    }
     let top = 16 * 65536u32; // the module's 16 pages
-    let tile = top - 16 * 12 * 4; // a 16 x 12 tile of f32, ending at the last byte
-    let ops: [[u32; 5]; 5] = [
-        [op::CLEAR, 0, 0, 0, 0],
-        [op::ADD_UNICAST, tile, 4, 64, 4], // column-major: item by item
-        [op::STORE, tile, 4, 64, 4],
-        [op::ADD_UNICAST, tile, 48, 4, 4], // row-major: whole rows
-        [op::STORE, tile, 48, 4, 4],
-    ];
-    let words: Vec<u32> = ops.iter().flatten().copied().collect();
-    let runtime =
-        hostile_runtime(dir.path(), &publisher, mmm_run_guest(kernel as u32, &words, ops.len() as u32));
-    // The guest's reply after the call is no model; what matters is that the call ran and
-    // returned.
-    let outcome = runtime.load_bundle(&bundle);
-    assert!(!matches!(outcome, Err(Error::Sandbox(SandboxError::Trap(_)))), "{outcome:?}");
-    assert_eq!(runtime.native_kernel_calls(), 1, "the tile did not run");
+    for (kernel, mr, nr) in shapes {
+        // An mr x nr tile of f32 ending at the last byte, contiguous, then with items two apart.
+        let (tile, sparse) = (top - mr * nr * 4, top - (8 * mr * nr - 4));
+        let lists: [&[[u32; 5]]; 3] = [
+            &[
+                [op::CLEAR, 0, 0, 0, 0],
+                [op::ADD_UNICAST, tile, 4, mr * 4, 4],
+                [op::STORE, tile, 4, mr * 4, 4],
+            ],
+            &[
+                [op::CLEAR, 0, 0, 0, 0],
+                [op::ADD_UNICAST, tile, nr * 4, 4, 4],
+                [op::STORE, tile, nr * 4, 4, 4],
+            ],
+            &[
+                [op::CLEAR, 0, 0, 0, 0],
+                [op::ADD_UNICAST, sparse, 8, mr * 8, 4],
+                [op::STORE, sparse, 8, mr * 8, 4],
+            ],
+        ];
+        for (layout, ops) in ["column-major", "row-major", "items two apart"].iter().zip(lists) {
+            let words: Vec<u32> = ops.iter().flatten().copied().collect();
+            let runtime = hostile_runtime(
+                dir.path(),
+                &publisher,
+                mmm_run_guest(kernel as u32, &words, ops.len() as u32),
+            );
+            // The guest's reply after the call is no model; what matters is that the call ran
+            // and returned.
+            let outcome = runtime.load_bundle(&bundle);
+            let what = format!("{mr}x{nr}, {layout}");
+            assert!(!matches!(outcome, Err(Error::Sandbox(SandboxError::Trap(_)))), "{what}: {outcome:?}");
+            assert_eq!(runtime.native_kernel_calls(), 1, "{what}: the tile did not run");
+        }
+    }
     serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
 }
 

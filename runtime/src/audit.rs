@@ -259,6 +259,16 @@ pub enum AuditError {
         /// The path.
         path: PathBuf,
     },
+    /// An append's write or its fsync failed (`step` says which); the log is poisoned from then on.
+    #[error("audit log {}: {step} failed: {source}", path.display())]
+    Append {
+        /// The path.
+        path: PathBuf,
+        /// `"write"` or `"fsync"`.
+        step: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// An earlier write or fsync failed; the log refuses appends until it is reopened.
     #[error("audit log {}: refusing to append after a failed write or fsync ({reason})", path.display())]
     Poisoned {
@@ -496,7 +506,7 @@ impl AuditLog {
 
     /// Appends a record and returns its `seq` once it is written and synced (group commit with
     /// concurrent appenders). After a failed write or fsync this and every later call fail with
-    /// [`AuditError::Poisoned`] (the call whose write failed gets the [`AuditError::Io`]).
+    /// [`AuditError::Poisoned`] (the call whose write or fsync failed gets the [`AuditError::Append`]).
     pub fn append(&self, entry: &AuditEntry) -> Result<u64, AuditError> {
         let mut state = self.lock()?;
         self.check_poison(&state)?;
@@ -537,15 +547,18 @@ impl AuditLog {
             let upto = state.next_seq - 1;
             state.writing = true;
             drop(state);
-            let result = (&self.file).write_all(&batch).and_then(|()| self.file.sync_data());
+            let result = (&self.file)
+                .write_all(&batch)
+                .map_err(|e| ("write", e))
+                .and_then(|()| self.file.sync_data().map_err(|e| ("fsync", e)));
             state = self.lock()?;
             state.writing = false;
             self.wake.notify_all();
             match result {
                 Ok(()) => state.durable = upto,
-                Err(source) => {
-                    state.poisoned = Some(source.to_string());
-                    return Err(AuditError::Io { path: self.path.clone(), source });
+                Err((step, source)) => {
+                    state.poisoned = Some(format!("{step} failed: {source}"));
+                    return Err(AuditError::Append { path: self.path.clone(), step, source });
                 }
             }
         }
@@ -825,7 +838,13 @@ mod tests {
             answered: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
         };
-        assert!(matches!(log.append(&entry(0)), Err(AuditError::Io { .. })));
-        assert!(matches!(log.append(&entry(1)), Err(AuditError::Poisoned { .. })));
+        let first = log.append(&entry(0)).unwrap_err();
+        assert!(matches!(first, AuditError::Append { step: "write", .. }), "{first}");
+        assert!(first.to_string().contains("write failed: No space left on device"), "{first}");
+        let next = log.append(&entry(1)).unwrap_err();
+        assert!(
+            matches!(&next, AuditError::Poisoned { reason, .. } if reason.starts_with("write failed")),
+            "{next}"
+        );
     }
 }

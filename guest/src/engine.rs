@@ -196,6 +196,7 @@ impl Engine {
             let model = crate::label::swapped_in(model);
             let model = crate::maxpool::swapped_in(model);
             let model = crate::rowbin::swapped_in(model);
+            let model = crate::reducesum::swapped_in(model);
             let model = crate::hardswish::swapped_in(model);
             let model = crate::pad::swapped_in(model);
             let model = crate::im2col::swapped_in(model);

@@ -117,6 +117,12 @@ fn breast_cancer_matches_onnx_runtime() {
     check_against_onnx_runtime("models/fixtures/breast_cancer.reference.json", false, Rows::Never);
 }
 
+/// No products; its window means are sums over a middle axis (the guest's `reducesum` swap).
+#[test]
+fn motion_matches_onnx_runtime() {
+    check_against_onnx_runtime("models/fixtures/motion.reference.json", false, Rows::Never);
+}
+
 #[test]
 fn silero_vad_matches_onnx_runtime() {
     check_against_onnx_runtime("models/public/silero_vad.reference.json", true, Rows::ByKernels);

@@ -11,8 +11,8 @@
 //! losing all but 32 bits, is passed through as it is). The swaps: a hard-swish in one loop
 //! (`hardswish`), where tract makes two chains of element-wise passes; a vectorized 2x2
 //! stride-2 max-pool (`maxpool`), where tract's own calls `fmaxf` per element, with a ReLU in
-//! front of it folded in; a constant pad by whole rows (`pad`), where tract's own fills one
-//! element at a time; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own
+//! front of it folded in; a pad by whole rows and hyperplanes (`pad`: constant, reflect, edge), where tract's
+//! own fills one element or one view at a time; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own
 //! calls the op through a function pointer per element; an f32 sum over middle axes in one loop
 //! (`reducesum`), where tract's own adds one ndarray sub-view at a time; the lazy im2col gather
 //! (`im2col`), where tract's own loads and stores one value at a time; and the transposing pack

@@ -200,6 +200,7 @@ impl Engine {
             let model = crate::hardswish::swapped_in(model);
             let model = crate::pad::swapped_in(model);
             let model = crate::im2col::swapped_in(model);
+            let model = crate::eager::swapped_in(model);
             crate::pack::swapped_in(model)
         };
         let plan = model.into_runnable().map_err(model_err)?;

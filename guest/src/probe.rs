@@ -12,7 +12,7 @@ use tract_onnx::tract_core::tract_linalg::mmm::PackedMatrixStorage;
 /// about one run of the op at load, and the load has a deadline. PP-OCR's largest packed
 /// activation is a few hundred thousand values; a hostile chain of 200 products of 2048 x 2048
 /// activations (`tests/fixtures/hostile/slow_matmul_chain.onnx`) must still load in time.
-/// (Probe values are input indices stored as f32, exact up to 2^24.)
+/// (Probe values are input indices stored as f32, exact up to 2^24, plus at most one.)
 const MAX_PROBE_ELEMENTS: usize = 1 << 20;
 
 /// `model` with every node whose op tract names `name` replaced by the op `swap` derives from
@@ -68,6 +68,12 @@ impl Probe {
 /// Runs node `id`'s op on the probe input; `None` unless the node has one f32 input of a
 /// concrete shape small enough for exact indices, and one output.
 pub fn probe(model: &TypedModel, id: usize) -> TractResult<Option<Probe>> {
+    probe_from(model, id, 0)
+}
+
+/// [`probe`], with element `i` of the probe input holding `first + i` (so that, from 1, an
+/// index can be told from a zero the op wrote itself).
+pub fn probe_from(model: &TypedModel, id: usize, first: usize) -> TractResult<Option<Probe>> {
     let node = &model.nodes[id];
     let ([input], [output]) = (&node.inputs[..], &node.outputs[..]) else { return Ok(None) };
     let input_fact = model.outlet_fact(*input)?;
@@ -76,7 +82,7 @@ pub fn probe(model: &TypedModel, id: usize) -> TractResult<Option<Probe>> {
     if input_fact.datum_type != f32::datum_type() || len == 0 || len > MAX_PROBE_ELEMENTS {
         return Ok(None);
     }
-    let indices = Tensor::from_shape(shape, &(0..len).map(|i| i as f32).collect::<Vec<f32>>())?;
+    let indices = Tensor::from_shape(shape, &(first..first + len).map(|i| i as f32).collect::<Vec<f32>>())?;
     let Some(mut out) = node.op.eval_out_of_plan(tvec!(indices.into_tvalue()))? else { return Ok(None) };
     if out.len() != 1 {
         return Ok(None);

@@ -17,11 +17,14 @@
 //! indices, or the op has a second input (a pad value), tract's op stays. Only the WebAssembly
 //! build swaps it in ([`swapped_in`]).
 
+use std::alloc::Layout;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
+use tract_onnx::tract_core::tract_linalg::mmm::{
+    EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+};
 
 /// The name tract 0.23.9 gives its op (the type itself is private to tract-core).
 const TRACT_OP: &str = "Im2col";
@@ -38,9 +41,13 @@ pub fn swapped_in(model: TypedModel) -> TypedModel {
 /// One packed matrix (one batch item and group) of the output.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct Packed {
-    /// What tract's op produced for it, with the probe's data: its format, `k`, `mn` and panel
-    /// stride are cloned into each run's output.
-    template: EagerPackedInput,
+    /// tract's fact for it (format, `k`, `mn`), cloned into each run's output.
+    fact: PackedExoticFact,
+    /// Bytes from one panel to the next.
+    panel_bytes: usize,
+    mn: usize,
+    /// The whole buffer's size and alignment, as tract's op allocates it.
+    layout: Layout,
     /// Per panel, the `k * r` places' sources: `0` for a zero, `i + 1` for input element `i`.
     table: Vec<u32>,
 }
@@ -98,7 +105,13 @@ impl TableIm2Col {
                     table.push(v as u32);
                 }
             }
-            packed.push(Packed { template: eager.clone(), table });
+            packed.push(Packed {
+                fact: eager.fact.clone(),
+                panel_bytes: eager.panel_bytes,
+                mn: eager.mn,
+                layout: Layout::from_size_align(bytes.len(), eager.packed.layout().align())?,
+                table,
+            });
         }
         let Some(record_places) = record_places else { return Ok(None) };
         let plan = Plan { len: probe.len, record_places, packed, batch_shape: storage.batch_shape().into() };
@@ -153,22 +166,20 @@ impl EvalOp for TableIm2Col {
 /// One packed matrix: every panel's records gathered from `sources`, the rest of the buffer
 /// zero.
 fn gathered(p: &Packed, record_places: usize, sources: &[f32]) -> TractResult<EagerPackedInput> {
-    let t = &p.template;
-    let len = t.packed.len() / 4;
-    let mut buffer = Tensor::zero_aligned::<f32>(&[len], t.packed.layout().align())?;
+    let mut buffer = Tensor::zero_aligned::<f32>(&[p.layout.size() / 4], p.layout.align())?;
     let mut view = buffer.try_as_plain_ram_mut()?;
     let out = view.as_slice_mut::<f32>()?;
-    let stride = t.panel_bytes / 4;
+    let stride = p.panel_bytes / 4;
     for (panel, table) in out.chunks_mut(stride).zip(p.table.chunks_exact(record_places)) {
         for (o, &s) in panel.iter_mut().zip(table) {
             *o = sources[s as usize];
         }
     }
     Ok(EagerPackedInput {
-        fact: t.fact.clone(),
+        fact: p.fact.clone(),
         packed: Arc::new(buffer.into_blob()?),
-        panel_bytes: t.panel_bytes,
-        mn: t.mn,
+        panel_bytes: p.panel_bytes,
+        mn: p.mn,
     })
 }
 

@@ -244,8 +244,19 @@ impl HostKernels {
         count: u32,
     ) -> Result<i32, KernelFault> {
         let ker = self.kernel(kernel)?;
-        let words = read_ops(memory, ops, count)?;
-        run_checked(memory, ker, &words[..count as usize * WORDS_PER_OP])
+        let (at, len) = op_list(memory, ops, count)?;
+        // Each op is read, checked and decoded straight from guest memory, without a copy of
+        // the whole list first (this runs once per tile: small products run thousands a call).
+        let (mem_len, base) = (memory.len(), memory.as_mut_ptr());
+        let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
+        for (s, bytes) in spec.iter_mut().zip(memory[at..at + len].chunks_exact(WORDS_PER_OP * 4)) {
+            let mut w = [0u32; WORDS_PER_OP];
+            for (w, b) in w.iter_mut().zip(bytes.chunks_exact(4)) {
+                *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            *s = decode(mem_len, base, ker, &w)?;
+        }
+        Ok(run_spec(ker, &spec[..=count as usize]))
     }
 
     /// `mmm_run_tiles`: runs `tiles` tiles, tile `t`'s op list being the words at `ops` plus `t`
@@ -272,26 +283,61 @@ impl HostKernels {
         let n = count as usize * WORDS_PER_OP;
         let first = read_ops(memory, ops, count)?;
         let deltas = read_ops(memory, deltas, count)?;
+        let (first, deltas) = (&first[..n], &deltas[..n]);
         let work_of = |words: &[u32]| tile_work(ker.mr as u64, ker.nr as u64, words);
         // Refused before any tile runs when the first tile's work times the count is too much
         // already; the running total below catches depths that grow from tile to tile.
-        if u64::from(tiles).saturating_mul(work_of(&first[..n])) > MAX_TILE_WORK {
+        if u64::from(tiles).saturating_mul(work_of(first)) > MAX_TILE_WORK {
             return Err(too_much(tiles, ker));
         }
-        let mut work = 0u64;
-        let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
-        for t in 0..tiles {
-            for ((w, f), d) in words.iter_mut().zip(&first).zip(&deltas).take(n) {
+        // When no product's depth (nor any op code) steps, every tile does the first one's work,
+        // which the check above has already bounded for all of them.
+        let same_work = first
+            .chunks_exact(WORDS_PER_OP)
+            .zip(deltas.chunks_exact(WORDS_PER_OP))
+            .all(|(f, d)| d[0] == 0 && (f[0] != op::ADD_MAT_MUL || d[1] == 0));
+        // An op whose deltas are all zero is the same words in every tile (guest memory cannot
+        // change or move during this call): it is checked and decoded once, here, exactly as it
+        // would be for each tile. The others are checked and decoded afresh for every tile.
+        let (mem_len, base) = (memory.len(), memory.as_mut_ptr());
+        let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
+        let mut stepping = [0usize; MAX_OPS];
+        let mut steps = 0;
+        for (i, (f, d)) in first.chunks_exact(WORDS_PER_OP).zip(deltas.chunks_exact(WORDS_PER_OP)).enumerate()
+        {
+            if d.iter().all(|&d| d == 0) {
+                spec[i] = decode(mem_len, base, ker, f)?;
+            } else {
+                stepping[steps] = i;
+                steps += 1;
+            }
+        }
+        let (spec, stepping) = (&mut spec[..=count as usize], &stepping[..steps]);
+        let step = |words: &mut [u32], at: usize, t: u32| {
+            let (f, d) = (&first[at..][..words.len()], &deltas[at..][..words.len()]);
+            for ((w, f), d) in words.iter_mut().zip(f).zip(d) {
                 *w = f.wrapping_add(d.wrapping_mul(t));
             }
-            work = work.saturating_add(work_of(&words[..n]));
-            if work > MAX_TILE_WORK {
-                return Err(too_much(tiles, ker));
+        };
+        let mut work = 0u64;
+        for t in 0..tiles {
+            if !same_work {
+                let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+                step(&mut words[..n], 0, t);
+                work = work.saturating_add(work_of(&words[..n]));
+                if work > MAX_TILE_WORK {
+                    return Err(too_much(tiles, ker));
+                }
+            }
+            for &i in stepping {
+                let mut words = [0u32; WORDS_PER_OP];
+                step(&mut words, i * WORDS_PER_OP, t);
+                spec[i] = decode(mem_len, base, ker, &words)?;
             }
             // A kernel's own error ends the call as a fault, so that `-1` only ever means
             // "refused, nothing ran" (the guest then sends the same tiles one by one, and a
             // unicast add run twice would be wrong).
-            let done = run_checked(memory, ker, &words[..n])?;
+            let done = run_spec(ker, spec);
             if done != 0 {
                 return Err(KernelFault(format!("{} returned {done} at tile {t} of {tiles}", ker.name)));
             }
@@ -309,37 +355,38 @@ fn too_much(tiles: u32, ker: &Native) -> KernelFault {
     KernelFault(format!("{tiles} tiles of {} do more than {MAX_TILE_WORK} multiply-adds", ker.name))
 }
 
-/// The `count` ops at guest address `ops`, as words.
-fn read_ops(memory: &[u8], ops: u32, count: u32) -> Result<[u32; MAX_OPS * WORDS_PER_OP], KernelFault> {
+/// The offset and length in bytes of the `count` ops at guest address `ops`, if they are at
+/// most [`MAX_OPS`] and all in memory.
+fn op_list(memory: &[u8], ops: u32, count: u32) -> Result<(usize, usize), KernelFault> {
     let count = count as usize;
     if count > MAX_OPS {
         return Err(KernelFault(format!("{count} ops in one tile (at most {MAX_OPS})")));
     }
-    let at = span(memory, ops, (count * WORDS_PER_OP * 4) as u64)?;
+    let len = count * WORDS_PER_OP * 4;
+    Ok((span(memory, ops, len as u64)?, len))
+}
+
+/// The `count` ops at guest address `ops`, as words.
+fn read_ops(memory: &[u8], ops: u32, count: u32) -> Result<[u32; MAX_OPS * WORDS_PER_OP], KernelFault> {
+    let (at, len) = op_list(memory, ops, count)?;
     let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
-    for (w, b) in words.iter_mut().zip(memory[at..at + count * WORDS_PER_OP * 4].chunks_exact(4)) {
+    for (w, b) in words.iter_mut().zip(memory[at..at + len].chunks_exact(4)) {
         *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
     Ok(words)
 }
 
-/// Checks one tile's op list (`words`, whole ops) and runs it.
-fn run_checked(memory: &mut [u8], ker: &Native, words: &[u32]) -> Result<i32, KernelFault> {
-    let count = words.len() / WORDS_PER_OP;
-    let base = memory.as_mut_ptr();
-    let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
-    for (i, w) in words.chunks_exact(WORDS_PER_OP).enumerate() {
-        spec[i] = decode(memory.len(), base, ker, w)?;
-    }
-    let spec = &spec[..=count];
+/// Runs a checked op list (ending with `Done`) on `ker`: Warden's version of the kernel where it
+/// has one that does these ops, else tract's.
+fn run_spec(ker: &Native, spec: &[FusedKerSpec<f32>]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(tiles) = ker.tiles
         && super::avx512_tiles::supported(spec)
     {
         call_tiles(tiles, spec);
-        return Ok(0);
+        return 0;
     }
-    Ok(call_native(ker.run, spec))
+    call_native(ker.run, spec)
 }
 
 /// Runs Warden's version of a kernel (`avx512_tiles`) on a checked op list it supports.
@@ -660,6 +707,99 @@ mod tests {
         assert!(kernels.run(mem, index as u32, top - 8, 1).is_err(), "an op list past the end");
         assert!(kernels.run(mem, index as u32, ops as u32, 33).is_err(), "too many ops");
         assert!(kernels.run(mem, 9999, ops as u32, 1).is_err(), "no such kernel");
+    }
+
+    /// A row of tiles in one `run_tiles` call writes exactly what the same tiles run one by one
+    /// with `run` write, with ops that step (B panel, per-column operand, store) and ops that do
+    /// not (A panel, per-row operand, scalar). A stepping op that leaves memory at tile `j`
+    /// stops the row there, the tiles before `j` having run; an op that does not step and is
+    /// out of range is refused before any tile runs; a depth that steps past the work cap stops
+    /// the row at the tile that would pass it.
+    #[test]
+    fn a_row_of_tiles_equals_its_tiles_one_by_one() {
+        let kernels = HostKernels::native();
+        let Some(index) = u32::try_from(kernels.pick(64, 32, 64)).ok() else {
+            eprintln!("no native f32 kernel on this CPU; nothing to check");
+            return;
+        };
+        let ker = &kernels.kernels[index as usize];
+        let (mr, nr, k, tiles) = (ker.mr, ker.nr, 16usize, 5usize);
+        let mut backing = memory(1 << 20);
+        let mem = aligned(&mut backing);
+        let (pa, pb, rows, cols) = (0x1000u32, 0x2_0000u32, 0x6_0000u32, 0x6_1000u32);
+        let (ops, deltas, c_row, c_one) = (0x7_0000usize, 0x7_1000usize, 0x8_0000usize, 0xc_0000usize);
+        for i in 0..(0x7_0000 - 0x1000) / 4 {
+            let value = (i * 37 % 101) as f32 / 8.0 - 6.0;
+            mem[0x1000 + 4 * i..][..4].copy_from_slice(&value.to_le_bytes());
+        }
+        // Tiles side by side, row-major, as a guest stores an `mr x (tiles * nr)` block.
+        let row_stride = tiles * nr * 4;
+        let list = |c: usize| {
+            [
+                [op::CLEAR, 0, 0, 0, 0],
+                [op::ADD_MAT_MUL, k as u32, pa, pb, 0],
+                [op::PER_ROW_ADD, rows, 0, 0, 0],
+                [op::PER_COL_MUL, cols, 0, 0, 0],
+                [op::SCALAR_MAX, (-1.5f32).to_bits(), 0, 0, 0],
+                [op::STORE, c as u32, row_stride as u32, 4, 4],
+            ]
+        };
+        let col = (nr * 4) as u32;
+        let steps =
+            [[0; 5], [0, 0, 0, (k * nr * 4) as u32, 0], [0; 5], [0, col, 0, 0, 0], [0; 5], [0, col, 0, 0, 0]];
+        write_ops(mem, deltas, &steps);
+        let row = |mem: &mut [u8], c: usize| {
+            let count = write_ops(mem, ops, &list(c));
+            kernels.run_tiles(mem, index, ops as u32, count, tiles as u32, deltas as u32)
+        };
+        let batches = kernels.batches();
+        assert_eq!(row(mem, c_row).unwrap(), 0);
+        assert_eq!(kernels.batches(), batches + 1);
+        for t in 0..tiles as u32 {
+            let mut one = list(c_one);
+            for (op, step) in one.iter_mut().zip(&steps) {
+                for (w, d) in op.iter_mut().zip(step) {
+                    *w = w.wrapping_add(d * t);
+                }
+            }
+            let count = write_ops(mem, ops, &one);
+            assert_eq!(kernels.run(mem, index, ops as u32, count).unwrap(), 0);
+        }
+        let block = mr * row_stride;
+        assert_eq!(mem[c_row..c_row + block], mem[c_one..c_one + block], "a row differs from its tiles");
+        assert!(mem[c_row..c_row + block].iter().any(|&b| b != 0), "nothing was stored");
+        // Which of the tiles stored at `c` hold anything, by rows of the block.
+        let stored = |mem: &[u8], c: usize, t: usize| {
+            (0..mr)
+                .filter(|r| c + r * row_stride + (t + 1) * nr * 4 <= mem.len())
+                .any(|r| mem[c + r * row_stride + t * nr * 4..][..nr * 4].iter().any(|&b| b != 0))
+        };
+
+        // The store steps out of memory at tile 3: tiles 0 to 2 ran, 3 and 4 did not.
+        let top = mem.len();
+        let c_edge = top - 3 * nr * 4 - (mr - 1) * row_stride;
+        mem[c_edge..].fill(0);
+        let err = row(mem, c_edge).unwrap_err();
+        assert!(err.0.contains("leaves guest memory"), "{err}");
+        let ran: Vec<bool> = (0..tiles).map(|t| stored(mem, c_edge, t)).collect();
+        assert_eq!(ran, [true, true, true, false, false]);
+
+        // A per-row operand out of range, which does not step: nothing runs.
+        mem[c_row..c_row + block].fill(0);
+        let mut bad = list(c_row);
+        bad[2][1] = (top - 4) as u32;
+        let count = write_ops(mem, ops, &bad);
+        assert!(kernels.run_tiles(mem, index, ops as u32, count, tiles as u32, deltas as u32).is_err());
+        assert!(mem[c_row..c_row + block].iter().all(|&b| b == 0), "a refused row wrote to memory");
+
+        // A depth stepping past the cap at tile 1: tile 0 ran, no other.
+        let mut deep = steps;
+        deep[1][1] = u32::MAX / 2;
+        write_ops(mem, deltas, &deep);
+        let err = row(mem, c_row).unwrap_err();
+        assert!(err.0.contains("multiply-adds"), "{err}");
+        let ran: Vec<bool> = (0..tiles).map(|t| stored(mem, c_row, t)).collect();
+        assert_eq!(ran, [true, false, false, false, false]);
     }
 
     /// Warden's runs of tract's AVX-512 kernels (`avx512_tiles`) against tract's own, bit for

@@ -229,9 +229,18 @@ impl HostKernels {
     /// tile is a host call and every border tile's copy into the output runs in wasm, so a
     /// kernel taller than the product (tract picks 40x2 for the CNN's 32-channel first conv:
     /// 392 tiles, all of them border tiles) can cost several times a squarer one.
+    ///
+    /// The other kernel comes from native tract's tier or a better one ([`tier`]): never one
+    /// tract keeps for older CPUs (its AVX kernels without FMA, its generic Rust ones). Those
+    /// cost the same per multiply-add in [`sandbox_cost`] and came first among equals, so the
+    /// AMD EPYC machine ran silero VAD's products with AVX kernels while native tract used FMA.
     fn cheapest_in_the_sandbox(&self, native: usize, m: usize, k: usize, n: usize) -> usize {
         let cost = |i: usize| sandbox_cost(&self.kernels[i], m, k, n);
-        let best = (0..self.kernels.len()).min_by(|a, b| cost(*a).total_cmp(&cost(*b))).unwrap_or(native);
+        let floor = tier(&self.kernels[native].name).min(Tier::Fma);
+        let best = (0..self.kernels.len())
+            .filter(|i| tier(&self.kernels[*i].name) >= floor)
+            .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
+            .unwrap_or(native);
         if cost(best) < 0.7 * cost(native) { best } else { native }
     }
 
@@ -348,6 +357,30 @@ impl HostKernels {
 
     fn kernel(&self, kernel: u32) -> Result<&Native, KernelFault> {
         self.kernels.get(kernel as usize).ok_or_else(|| KernelFault(format!("no host kernel {kernel}")))
+    }
+}
+
+/// tract's x86-64 kernel tiers, from its fallbacks up. tract treats its FMA kernels as peers of
+/// its AVX-512 ones (they cover tiles AVX-512 has none for), and so does the sandbox's pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    /// Generic Rust kernels, and anything not named below.
+    Generic,
+    /// AVX without FMA (tract's tier for pre-Haswell CPUs).
+    Avx,
+    Fma,
+    Avx512,
+}
+
+fn tier(name: &str) -> Tier {
+    if name.starts_with("avx512") {
+        Tier::Avx512
+    } else if name.starts_with("fma_") {
+        Tier::Fma
+    } else if name.starts_with("avx_") {
+        Tier::Avx
+    } else {
+        Tier::Generic
     }
 }
 
@@ -986,6 +1019,19 @@ mod tests {
                 tiles(a) < tiles(b),
                 "tract's {b:?} is taller than the product, ours {a:?} is not better"
             );
+        }
+        // Never a kernel of a tier below native tract's choice (nor below FMA when tract's is
+        // above it), over products of every shape class: matrix-vector, thin, square, tall.
+        for m in [1, 3, 4, 8, 24, 64, 65, 200] {
+            for n in [1, 2, 3, 4, 5, 7, 64, 301] {
+                let Ok(ours) = usize::try_from(kernels.pick(m as i64, 64, n as i64)) else { continue };
+                let tracts = native(m, 64, n).unwrap();
+                let (ours, tracts) = (&kernels.kernels[ours], &kernels.kernels[tracts]);
+                assert!(
+                    tier(&ours.name) >= tier(&tracts.name).min(Tier::Fma),
+                    "{m}x64x{n}: {ours:?} against tract's {tracts:?}"
+                );
+            }
         }
         for (m, k, n) in [(1024, 1024, 64), (512, 512, 512)] {
             let ours = usize::try_from(kernels.pick(m as i64, k as i64, n as i64)).unwrap();

@@ -13,8 +13,9 @@
 //! where tract's own calls `fmaxf` per element, with a ReLU in front of it folded in; a pad by
 //! whole rows and hyperplanes (`pad`: constant, reflect, edge), where tract's own fills one element
 //! or one view at a time; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own
-//! calls the op through a function pointer per element; an f32 sum over middle axes in one loop
-//! (`reducesum`), where tract's own adds one ndarray sub-view at a time; the lazy im2col gather
+//! calls the op through a function pointer per element; an f32 sum or mean of squares over middle
+//! axes in one loop (`reducesum`), where tract's own adds one ndarray sub-view at a time; the lazy
+//! im2col gather
 //! (`im2col`), where tract's own loads and stores one value at a time; the eager im2col matrix
 //! through a table of sources (`eager`), where tract's own writes one value at a time with
 //! bookkeeping per kernel row; and the transposing pack of a matrix product's operand (`pack`),

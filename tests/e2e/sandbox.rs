@@ -1,5 +1,6 @@
 //! The sandbox's own machinery: the compiled-guest cache is integrity-checked before use, and
-//! one model serves concurrent callers from its instance pool, and requests of any size reach it.
+//! one model serves concurrent callers from its instance pool, and requests of any size reach it;
+//! guest memory is advised for huge pages.
 
 use std::sync::Arc;
 
@@ -116,4 +117,51 @@ fn requests_of_changing_sizes_on_one_instance_each_get_their_own_answer() {
         assert_eq!(out[2].to_i64().unwrap(), l.iter().map(|x| x + 7).collect::<Vec<_>>(), "{rows} rows");
     }
     assert_eq!(model.sandbox_runs(), 6);
+}
+
+/// Every guest's linear memory is advised for transparent huge pages (`MADV_HUGEPAGE`), so a
+/// model's weights do not sit in thousands of 4 KiB pages (the bench MLP streams 6 MB of them
+/// per inference). After the MLP is loaded and run, this process has mappings with the `hg` flag,
+/// and where the kernel's THP setting allows it (`always` or `madvise`), some of them are backed
+/// by huge pages. Nothing else in the process asks for huge pages: without the advice there are
+/// no such mappings.
+#[test]
+#[cfg(target_os = "linux")]
+fn guest_memory_is_advised_for_huge_pages() {
+    let Ok(thp) = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") else {
+        eprintln!("this kernel has no transparent huge pages; nothing to check");
+        return;
+    };
+    let fixture = Fixture::load(&root().join("models/bench/mlp.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let runtime = builder(&dir.path().join("state"), &publisher.trust).build().unwrap();
+    let model = runtime.load_bundle(&bundle).unwrap();
+    model.infer(tensors(&fixture.cases[0].inputs)).unwrap();
+
+    // /proc/self/smaps: a header line per mapping, then its fields, `VmFlags` last.
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let (mut advised, mut huge_kb, mut mapping_huge_kb) = (0, 0u64, 0u64);
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+            mapping_huge_kb = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if flags.split_whitespace().any(|f| f == "hg") {
+                advised += 1;
+                huge_kb += mapping_huge_kb;
+            }
+            mapping_huge_kb = 0;
+        }
+    }
+    assert!(advised > 0, "no mapping in this process is advised for huge pages");
+    if thp.contains("[never]") {
+        eprintln!("transparent huge pages are off ({}); only the advice is checked", thp.trim());
+    } else {
+        assert!(
+            huge_kb >= 2048,
+            "the advised mappings hold {huge_kb} kB of huge pages (THP: {})",
+            thp.trim()
+        );
+    }
 }

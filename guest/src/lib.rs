@@ -15,12 +15,11 @@
 //! or one view at a time; f32 add/subtract/multiply by a repeated row (`rowbin`), where tract's own
 //! calls the op through a function pointer per element; an f32 sum or mean of squares over middle
 //! axes in one loop (`reducesum`), where tract's own adds one ndarray sub-view at a time; the lazy
-//! im2col gather
-//! (`im2col`), where tract's own loads and stores one value at a time; the eager im2col matrix
-//! through a table of sources (`eager`), where tract's own writes one value at a time with
-//! bookkeeping per kernel row; and the transposing pack of a matrix product's operand (`pack`),
-//! where tract's own 4x4 tiles are scalar in WebAssembly. All eight give tract's results bit for
-//! bit.
+//! im2col gather (`im2col`), where tract's own loads and stores one value at a time; the eager
+//! im2col matrix through a table of sources (`eager`), where tract's own writes one value at a
+//! time with bookkeeping per kernel row; and the transposing pack of a matrix product's operand
+//! (`pack`), where tract's own 4x4 tiles are scalar in WebAssembly. All eight give tract's results
+//! bit for bit.
 //!
 //! Unsafe code is denied everywhere but in `im2col` and `pack`, which write packed panels
 //! through raw pointers as tract's own packing code does, reading only what a probe of tract's

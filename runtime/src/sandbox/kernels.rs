@@ -260,9 +260,7 @@ impl HostKernels {
         let mut spec = [FusedKerSpec::<f32>::Done; MAX_OPS + 1];
         for (s, bytes) in spec.iter_mut().zip(memory[at..at + len].chunks_exact(WORDS_PER_OP * 4)) {
             let mut w = [0u32; WORDS_PER_OP];
-            for (w, b) in w.iter_mut().zip(bytes.chunks_exact(4)) {
-                *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
+            read_words(bytes, &mut w);
             *s = decode(mem_len, base, ker, &w)?;
         }
         Ok(run_spec(ker, &spec[..=count as usize]))
@@ -403,10 +401,15 @@ fn op_list(memory: &[u8], ops: u32, count: u32) -> Result<(usize, usize), Kernel
 fn read_ops(memory: &[u8], ops: u32, count: u32) -> Result<[u32; MAX_OPS * WORDS_PER_OP], KernelFault> {
     let (at, len) = op_list(memory, ops, count)?;
     let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
-    for (w, b) in words.iter_mut().zip(memory[at..at + len].chunks_exact(4)) {
+    read_words(&memory[at..at + len], &mut words);
+    Ok(words)
+}
+
+/// Little-endian `u32`s from `bytes` into `words`, as many as both hold.
+fn read_words(bytes: &[u8], words: &mut [u32]) {
+    for (w, b) in words.iter_mut().zip(bytes.chunks_exact(4)) {
         *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
-    Ok(words)
 }
 
 /// Runs a checked op list (ending with `Done`) on `ker`: Warden's version of the kernel where it

@@ -58,8 +58,8 @@ pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
         // Full precision: nothing to change, so nothing is decoded or copied.
         return;
     }
-    // One row (or block of values) at a time, decoded into `line` and encoded back in place:
-    // no copy of the whole output, and the same f64 arithmetic as on whole tensors.
+    // One row (or block of values) at a time, read as f64 and encoded back in place: no copy of
+    // the whole output, and the same f64 arithmetic as on whole tensors.
     let round = |v: f64| policy.step.map_or(v, |step| (v / step).round() * step);
     // What every value outside a row's top k becomes: 0, rounded like any other value.
     let dropped = round(0.0);
@@ -77,31 +77,47 @@ pub fn apply_output_policy(policy: &OutputPolicy, outputs: &mut [Tensor]) {
             _ => None,
         };
         let block = top_k.map_or(4096, |(_, row)| row);
+        let read = |b: &[u8]| match dtype {
+            DType::F32 => f64::from(f32::from_le_bytes(b.try_into().expect("four bytes"))),
+            _ => f64::from_le_bytes(b.try_into().expect("eight bytes")),
+        };
         for bytes in t.data.chunks_mut(block * size) {
-            line.clear();
-            line.extend(bytes.chunks_exact(size).map(|b| match dtype {
-                DType::F32 => f64::from(f32::from_le_bytes(b.try_into().expect("four bytes"))),
-                _ => f64::from_le_bytes(b.try_into().expect("eight bytes")),
-            }));
             match top_k {
-                Some((k, _)) => {
-                    // Only the kept values are rounded; the rest of the row is `dropped`.
-                    if dropped.to_bits() == 0 {
-                        bytes.fill(0);
-                    } else {
-                        bytes.chunks_exact_mut(size).for_each(|b| encode(dropped, b));
+                // A small k (a classifier's top 3): the best k are kept in a stack array while
+                // the row is read in place, so nothing is decoded into `line` or allocated.
+                Some((k, _)) if k <= SMALL_K => {
+                    let len = bytes.len() / size;
+                    let (kept, n) = top_k_small(len, k, |i| read(&bytes[i * size..(i + 1) * size]));
+                    fill_dropped(bytes, dropped, encode, size);
+                    for &(i, v) in &kept[..n] {
+                        encode(round(v), &mut bytes[i * size..(i + 1) * size]);
                     }
+                }
+                Some((k, _)) => {
+                    line.clear();
+                    line.extend(bytes.chunks_exact(size).map(read));
+                    fill_dropped(bytes, dropped, encode, size);
                     for &i in top_k_indices(&line, k, &mut order) {
                         encode(round(line[i]), &mut bytes[i * size..(i + 1) * size]);
                     }
                 }
                 None => {
-                    for (b, v) in bytes.chunks_exact_mut(size).zip(&line) {
-                        encode(round(*v), b);
+                    for b in bytes.chunks_exact_mut(size) {
+                        let v = read(b);
+                        encode(round(v), b);
                     }
                 }
             }
         }
+    }
+}
+
+/// Writes `dropped` (what a value outside a row's top k becomes) into every value of `bytes`.
+fn fill_dropped(bytes: &mut [u8], dropped: f64, encode: impl Fn(f64, &mut [u8]), size: usize) {
+    if dropped.to_bits() == 0 {
+        bytes.fill(0);
+    } else {
+        bytes.chunks_exact_mut(size).for_each(|b| encode(dropped, b));
     }
 }
 
@@ -114,30 +130,46 @@ const SMALL_K: usize = 16;
 /// for rows of thousands of classes (PP-OCR recognition: 40 rows of 6,625). `order` is scratch
 /// space.
 fn top_k_indices<'o>(row: &[f64], k: usize, order: &'o mut Vec<usize>) -> &'o [usize] {
-    use std::cmp::Ordering::{Greater, Less};
     order.clear();
     if k == 0 {
         return order;
     }
     if k <= SMALL_K {
-        // `order`: the best so far, largest first and, among equal values, earlier first. A
-        // later value enters only if strictly larger than the last kept (ties keep the earlier).
-        for (i, v) in row.iter().enumerate() {
-            if order.len() == k {
-                if v.total_cmp(&row[order[k - 1]]) != Greater {
-                    continue;
-                }
-                order.pop();
-            }
-            let at = order.iter().position(|&j| row[j].total_cmp(v) == Less).unwrap_or(order.len());
-            order.insert(at, i);
-        }
+        let (kept, n) = top_k_small(row.len(), k, |i| row[i]);
+        order.extend(kept[..n].iter().map(|&(i, _)| i));
         return order;
     }
     order.extend(0..row.len());
     // Largest first, then by index: a total order, so the first k are exactly the kept set.
     order.select_nth_unstable_by(k, |a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
     &order[..k]
+}
+
+/// The `k <= SMALL_K` largest of the `len` values `value(0..len)` and where they are, in one
+/// pass: the best so far, largest first and, among equal values, earlier first, in a stack
+/// array (the answer is its first `k` entries, fewer only if `len < k`). A later value enters
+/// only if strictly larger than the last kept, so ties keep the earlier.
+fn top_k_small(len: usize, k: usize, value: impl Fn(usize) -> f64) -> ([(usize, f64); SMALL_K], usize) {
+    use std::cmp::Ordering::{Greater, Less};
+    let mut kept = [(0, 0.0); SMALL_K];
+    let mut n = 0;
+    if k == 0 {
+        return (kept, 0);
+    }
+    for i in 0..len {
+        let v = value(i);
+        if n == k {
+            if v.total_cmp(&kept[k - 1].1) != Greater {
+                continue;
+            }
+            n -= 1;
+        }
+        let at = kept[..n].iter().position(|(_, w)| w.total_cmp(&v) == Less).unwrap_or(n);
+        kept.copy_within(at..n, at + 1);
+        kept[at] = (i, v);
+        n += 1;
+    }
+    (kept, n)
 }
 
 #[cfg(test)]

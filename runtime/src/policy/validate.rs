@@ -36,23 +36,28 @@ pub fn validate_inputs(
             return Err(InputError::Unexpected(t.name.clone()));
         }
     }
+    // Put into the manifest's order in place, by swaps: no second vector per request. Every
+    // tensor is a declared input and none comes twice (checked above), so once each declared
+    // input has found its place, `inputs` holds exactly the manifest's, in its order.
     let mut symbols: HashMap<&str, u64> = HashMap::new();
-    let mut ordered = Vec::with_capacity(manifest.inputs.len());
-    for spec in &manifest.inputs {
+    for (i, spec) in manifest.inputs.iter().enumerate() {
         let pos = inputs
             .iter()
+            .skip(i)
             .position(|t| t.name == spec.name)
             .ok_or_else(|| InputError::Missing(spec.name.clone()))?;
-        let t = inputs.swap_remove(pos);
-        check_structure(spec, &t, &mut symbols)?;
-        ordered.push((spec, t));
+        inputs.swap(i, i + pos);
+        check_structure(spec, &inputs[i], &mut symbols)?;
     }
     let limit = manifest.limits.max_input_bytes.unwrap_or(DEFAULT_MAX_INPUT_BYTES).min(host_cap);
-    let total: u64 = ordered.iter().map(|(_, t)| t.data.len() as u64).sum();
+    let total: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
     if total > limit {
         return Err(InputError::TooLarge { actual: total, limit });
     }
-    ordered.into_iter().map(|(spec, t)| check_values(spec, &t).map(|()| t)).collect()
+    for (spec, t) in manifest.inputs.iter().zip(&inputs) {
+        check_values(spec, t)?;
+    }
+    Ok(inputs)
 }
 
 /// Names, dtype, shape and data length: cheap checks that need no pass over the values.
@@ -200,6 +205,61 @@ mod tests {
 
     fn spec(dtype: DType, min: Option<Bound>, max: Option<Bound>) -> InputSpec {
         InputSpec { name: "x".into(), dtype, shape: Vec::new(), min, max }
+    }
+
+    /// Inputs come back in the manifest's order whatever order they were sent in (they are put
+    /// in place by swaps), each checked against its own spec; a missing one is named.
+    #[test]
+    fn inputs_come_back_in_the_manifests_order() {
+        let manifest: Manifest = toml::from_str(
+            r#"
+            format = 1
+            name = "m"
+            version = 1
+            model_sha256 = "00"
+            outputs = []
+            [[inputs]]
+            name = "a"
+            dtype = "f32"
+            shape = ["n", 2]
+            [[inputs]]
+            name = "b"
+            dtype = "i64"
+            shape = [1]
+            max = 5.0
+            [[inputs]]
+            name = "c"
+            dtype = "f32"
+            shape = ["n"]
+            [output_policy]
+            "#,
+        )
+        .unwrap();
+        let (a, b, c) = (
+            Tensor::from_f32("a", &[3, 2], &[0.0; 6]),
+            Tensor::from_i64("b", &[1], &[4]),
+            Tensor::from_f32("c", &[3], &[1.0; 3]),
+        );
+        let names = |ts: &[Tensor]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        for sent in [
+            vec![a.clone(), b.clone(), c.clone()],
+            vec![c.clone(), a.clone(), b.clone()],
+            vec![b.clone(), c.clone(), a.clone()],
+            vec![c.clone(), b.clone(), a.clone()],
+        ] {
+            let got = validate_inputs(&manifest, sent, u64::MAX).unwrap();
+            assert_eq!(names(&got), ["a", "b", "c"]);
+            assert_eq!(got, [a.clone(), b.clone(), c.clone()]);
+        }
+        let err = validate_inputs(&manifest, vec![c.clone(), a.clone()], u64::MAX).unwrap_err();
+        assert_eq!(err, InputError::Missing("b".into()));
+        // Each tensor is checked against its own spec after the swaps: `b`'s bound, `c`'s `n`.
+        let over = Tensor::from_i64("b", &[1], &[6]);
+        let err = validate_inputs(&manifest, vec![c.clone(), over, a.clone()], u64::MAX).unwrap_err();
+        assert!(matches!(err, InputError::OutOfBounds { ref name, index: 0, .. } if name == "b"), "{err:?}");
+        let short = Tensor::from_f32("c", &[2], &[1.0; 2]);
+        let err = validate_inputs(&manifest, vec![short, b.clone(), a.clone()], u64::MAX).unwrap_err();
+        assert!(matches!(err, InputError::Shape { ref name, .. } if name == "c"), "{err:?}");
     }
 
     /// The first bad value is reported, with the bounds of its own feature (its index modulo

@@ -121,8 +121,8 @@ fn fill_dropped(bytes: &mut [u8], dropped: f64, encode: impl Fn(f64, &mut [u8]),
     }
 }
 
-/// Up to this `k`, [`top_k_indices`] keeps a sorted list of the best `k` in one pass over the
-/// row; above it, it selects over an index array.
+/// Up to this `k`, the policy keeps a sorted list of the best `k` in one pass over the row
+/// ([`top_k_small`]); above it, it selects over an index array ([`top_k_indices`]).
 const SMALL_K: usize = 16;
 
 /// The indices of the `k` largest values of `row` (`k < row.len()`), in no set order; of equal
@@ -132,11 +132,6 @@ const SMALL_K: usize = 16;
 fn top_k_indices<'o>(row: &[f64], k: usize, order: &'o mut Vec<usize>) -> &'o [usize] {
     order.clear();
     if k == 0 {
-        return order;
-    }
-    if k <= SMALL_K {
-        let (kept, n) = top_k_small(row.len(), k, |i| row[i]);
-        order.extend(kept[..n].iter().map(|&(i, _)| i));
         return order;
     }
     order.extend(0..row.len());
@@ -206,11 +201,19 @@ mod tests {
                 for &i in &sorted[k..] {
                     want[i] = 0.0;
                 }
-                let mut got = vec![0.0; len];
-                for &i in top_k_indices(&row, k, &mut order) {
-                    got[i] = row[i];
+                // The selection for every k, and the one-pass list where the policy uses it.
+                let mut lists = vec![top_k_indices(&row, k, &mut order).to_vec()];
+                if k <= SMALL_K {
+                    let (kept, n) = top_k_small(len, k, |i| row[i]);
+                    lists.push(kept[..n].iter().map(|&(i, _)| i).collect());
                 }
-                assert_eq!(got, want, "len {len}, k {k}");
+                for kept in lists {
+                    let mut got = vec![0.0; len];
+                    for i in kept {
+                        got[i] = row[i];
+                    }
+                    assert_eq!(got, want, "len {len}, k {k}");
+                }
             }
         }
     }

@@ -15,7 +15,9 @@
 //! its own index and proves that every packed place holds `base + column * stride + row` (the
 //! transposing layout) or `base + column + row * stride` (the row layout). It then packs with
 //! the same tiles and tails as tract, each tile four 128-bit loads, eight shuffles and four
-//! stores, or copies each panel row four values at a time. The values written, and where, are
+//! stores (a full panel 4, 6, 8, 12, 16, 24 or 32 columns wide with its width a constant, so
+//! that one pass of the loop, and of wasmtime's epoch check in it, packs a whole band of four
+//! rows), or copies each panel row four values at a time. The values written, and where, are
 //! tract's, bit for bit; any other case keeps tract's op. Only the WebAssembly build swaps it
 //! in ([`swapped_in`]), so native tract stays what the benchmarks compare against.
 #![allow(unsafe_code)]
@@ -259,6 +261,24 @@ impl TypedOp for TransposePack {
 /// Every index named above must be inside `src`'s and `dst`'s allocations.
 unsafe fn pack_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) {
     let (r, k, stride) = (plan.r, plan.k, plan.stride);
+    // A full panel of a common width runs with the width a constant, so that each pass of the
+    // loop over `k` does a whole 4-row band (every 4x4 tile of it, then its last columns)
+    // instead of one tile: every pass of a WebAssembly loop pays wasmtime's epoch check.
+    if width == r {
+        // SAFETY: the caller's contract, for `width == r`.
+        unsafe {
+            match r {
+                4 => return pack_full::<4>(src, dst, k, stride),
+                6 => return pack_full::<6>(src, dst, k, stride),
+                8 => return pack_full::<8>(src, dst, k, stride),
+                12 => return pack_full::<12>(src, dst, k, stride),
+                16 => return pack_full::<16>(src, dst, k, stride),
+                24 => return pack_full::<24>(src, dst, k, stride),
+                32 => return pack_full::<32>(src, dst, k, stride),
+                _ => {}
+            }
+        }
+    }
     let (tiled_k, tiled_x) = (k / 4 * 4, width / 4 * 4);
     unsafe {
         for kk in (0..tiled_k).step_by(4) {
@@ -275,6 +295,34 @@ unsafe fn pack_panel(src: *const f32, dst: *mut f32, plan: &Plan, width: usize) 
             let column = src.add(x * stride);
             for kk in 0..k {
                 *dst.add(kk * r + x) = *column.add(kk);
+            }
+        }
+    }
+}
+
+/// A full panel of `R` columns, as [`pack_panel`] packs it: `dst[kk * R + x] = src[x * stride +
+/// kk]` for `kk < k`, `x < R`.
+///
+/// # Safety
+/// Every index named above must be inside `src`'s and `dst`'s allocations.
+#[inline(always)]
+unsafe fn pack_full<const R: usize>(src: *const f32, dst: *mut f32, k: usize, stride: usize) {
+    let tiled_k = k / 4 * 4;
+    unsafe {
+        for kk in (0..tiled_k).step_by(4) {
+            for x in (0..R / 4 * 4).step_by(4) {
+                transpose4x4(src.add(x * stride + kk), stride, dst.add(kk * R + x), R);
+            }
+            for x in R / 4 * 4..R {
+                let column = src.add(x * stride + kk);
+                for i in 0..4 {
+                    *dst.add((kk + i) * R + x) = *column.add(i);
+                }
+            }
+        }
+        for kk in tiled_k..k {
+            for x in 0..R {
+                *dst.add(kk * R + x) = *src.add(x * stride + kk);
             }
         }
     }
@@ -436,19 +484,32 @@ mod tests {
     /// places.
     #[test]
     fn pack_panel_transposes_every_place_once() {
-        for (k, width) in [(8, 8), (7, 6), (4, 3), (3, 4), (9, 1)] {
-            let (r, stride) = (8usize, 11usize);
-            let src: Vec<f32> = (0..width * stride + k).map(|i| i as f32).collect();
-            let plan = panel_plan(src.len(), (r, k, width), stride, true);
-            let mut dst = vec![-1.0f32; k * r];
-            unsafe { pack_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
-            for kk in 0..k {
-                for x in 0..r {
-                    let want = if x < width { src[x * stride + kk] } else { -1.0 };
-                    assert_eq!(dst[kk * r + x], want, "k {k} width {width}: row {kk} column {x}");
+        // Full panels of the widths with a constant-width path (and of two without), partial
+        // panels, and depths around the 4-row bands.
+        let mut full = 0;
+        for r in [4usize, 5, 6, 8, 10, 12, 16, 24, 32] {
+            for k in [1usize, 3, 4, 7, 8, 9, 13] {
+                for width in [r, r - 1, 3, 1] {
+                    let stride = r + k + 3;
+                    let src: Vec<f32> = (0..width * stride + k).map(|i| i as f32).collect();
+                    let plan = panel_plan(src.len(), (r, k, width), stride, true);
+                    let mut dst = vec![-1.0f32; k * r];
+                    unsafe { pack_panel(src.as_ptr(), dst.as_mut_ptr(), &plan, width) };
+                    for kk in 0..k {
+                        for x in 0..r {
+                            let want = if x < width { src[x * stride + kk] } else { -1.0 };
+                            assert_eq!(
+                                dst[kk * r + x],
+                                want,
+                                "r {r} k {k} width {width}: row {kk} column {x}"
+                            );
+                        }
+                    }
+                    full += usize::from(width == r);
                 }
             }
         }
+        assert_eq!(full, 9 * 7);
     }
 
     /// The row layout is read off panels that hold it (partial last panel included), and a

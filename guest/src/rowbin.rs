@@ -9,8 +9,10 @@
 //! channel-inner depthwise kernel for wasm, none for x86), so the per-channel scale and shift
 //! of a batch norm that did not fold into its convolution become exactly that broadcast. In
 //! PP-OCR's orientation model they took about 40% of the sandbox's time. [`RowBroadcastBin`]
-//! wraps tract's op and runs that case row by row, in loops LLVM vectorizes; the results are
-//! the same IEEE operations on the same pairs, so bit for bit tract's. Every other case runs
+//! wraps tract's op and runs that case row by row, in loops LLVM vectorizes (a row shorter than
+//! 256 values repeated into a block of whole rows first, so that each pass of the loop, and of
+//! the epoch check wasmtime puts in it, covers a few hundred values); the results are the same
+//! IEEE operations on the same pairs, so bit for bit tract's. Every other case runs
 //! tract's own code. Like the max-pool, only the WebAssembly build swaps it in ([`swapped_in`]).
 
 use tract_onnx::prelude::*;
@@ -104,7 +106,29 @@ fn apply(full: TValue, row: &Tensor, len: usize, op: BinOp) -> TractResult<Tenso
     ensure!(ss.len() == len && xs.len().is_multiple_of(len), "row broadcast geometry");
     // One loop per op: a closure picked per element would be a call per element again.
     fn each(xs: &mut [f32], ss: &[f32], f: impl Fn(f32, f32) -> f32) {
-        for chunk in xs.chunks_exact_mut(ss.len()) {
+        // A short row is first repeated into a block of at least `BLOCK` values, and the
+        // tensor is run block by block: a row of 8 would otherwise be too short for the
+        // vectorized loop, and every pass of a loop pays wasmtime's epoch check. The pairs
+        // are the same: a block starts on a row boundary and holds whole rows, and the tensor
+        // is whole rows, so the last, shorter, chunk pairs with the block's first rows. Only
+        // tensors of two blocks or more: the block costs a few copies to build.
+        const BLOCK: usize = 256;
+        let mut repeated: [f32; 2 * BLOCK];
+        let ss = if ss.len() < BLOCK && xs.len() >= 2 * BLOCK {
+            repeated = [0f32; 2 * BLOCK];
+            let block = &mut repeated[..BLOCK.div_ceil(ss.len()) * ss.len()];
+            block[..ss.len()].copy_from_slice(ss);
+            let mut filled = ss.len();
+            while filled < block.len() {
+                let n = filled.min(block.len() - filled);
+                block.copy_within(..n, filled);
+                filled += n;
+            }
+            &*block
+        } else {
+            ss
+        };
+        for chunk in xs.chunks_mut(ss.len()) {
             for (x, s) in chunk.iter_mut().zip(ss) {
                 *x = f(*x, *s);
             }
@@ -173,6 +197,7 @@ mod tests {
             for c in [1, 3, 4, 5, 15, 16, 17, 40, 88, 200] {
                 let cases = [
                     (vec![1, 3, 7, c], vec![1, 1, 1, c]),
+                    (vec![3, 241, c], vec![1, 1, c]), // many rows: blocks and a shorter last chunk
                     (vec![2, 5, c], vec![1, 5, c]),
                     (vec![2, 5, c], vec![1, 1, 1]),
                     (vec![2, 5, c], vec![2, 1, c]), // not a row: tract's path
@@ -213,6 +238,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(swapped_cases, 4 * 10 * 5 * 2);
+        assert_eq!(swapped_cases, 4 * 10 * 6 * 2);
     }
 }

@@ -1,7 +1,7 @@
 //! Sensor devices: the registry of device keys (with revocation), the persisted last-accepted
 //! counter per device, and the verifier that refuses forged, replayed, stale or revoked readings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -87,6 +87,21 @@ pub struct DeviceInfo {
 pub struct DeviceRegistry {
     path: PathBuf,
     devices: BTreeMap<String, DeviceRecord>,
+    /// Each device's key as a curve point, decompressed once here rather than per reading
+    /// (about a tenth of a strict check). A record whose key does not parse has none.
+    keys: HashMap<String, VerifyingKey>,
+}
+
+/// The verifying key of every record whose hex key parses into a curve point.
+fn parse_keys(devices: &BTreeMap<String, DeviceRecord>) -> HashMap<String, VerifyingKey> {
+    devices
+        .iter()
+        .filter_map(|(id, record)| {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(&record.public_key, &mut bytes).ok()?;
+            Some((id.clone(), VerifyingKey::from_bytes(&bytes).ok()?))
+        })
+        .collect()
 }
 
 fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
@@ -108,7 +123,8 @@ impl DeviceRegistry {
     pub fn open(state_dir: &Path) -> Result<DeviceRegistry> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(REGISTRY_FILE);
-        Ok(DeviceRegistry { devices: read_json(&path)?, path })
+        let devices = read_json(&path)?;
+        Ok(DeviceRegistry { keys: parse_keys(&devices), devices, path })
     }
 
     /// Makes a key pair for a new device, registers its public key, and returns the key blob to
@@ -136,6 +152,7 @@ impl DeviceRegistry {
         );
         write_json(&self.path, &next)?;
         self.devices = next;
+        self.keys.insert(id.to_string(), public);
         Ok(KeyBlob { device_id, seed: key.to_bytes() })
     }
 
@@ -162,10 +179,7 @@ impl DeviceRegistry {
         if record.revoked {
             return Err(ReadingError::RevokedDevice(id.to_string()));
         }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(&record.public_key, &mut bytes)
-            .map_err(|_| ReadingError::UnknownKey(id.to_string()))?;
-        VerifyingKey::from_bytes(&bytes).map_err(|_| ReadingError::UnknownKey(id.to_string()))
+        self.keys.get(id).copied().ok_or_else(|| ReadingError::UnknownKey(id.to_string()))
     }
 }
 
@@ -299,4 +313,50 @@ pub fn reading_to_input(
     let scale = if spec.apply_scale { r.scale } else { 1.0 };
     let values: Vec<f32> = samples.iter().map(|s| *s as f32 * scale).collect();
     Ok(crate::Tensor::from_f32(spec.input.clone(), &shape, &values))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The keys decompressed at open and at provisioning are the records' keys; a record whose
+    /// key is not a curve point has none, and is refused as an unknown key, as before.
+    #[test]
+    fn device_keys_are_parsed_once_and_refused_when_not_a_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let not_a_point = (2u8..)
+            .map(|y| {
+                let mut bytes = [0u8; 32];
+                bytes[0] = y;
+                bytes
+            })
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .unwrap();
+        let record = |key: &[u8; 32]| DeviceRecord {
+            public_key: hex::encode(key),
+            key_id: hex::encode(key_id(key)),
+            revoked: false,
+        };
+        let devices = BTreeMap::from([
+            ("good".to_string(), record(good.as_bytes())),
+            ("bad".to_string(), record(&not_a_point)),
+            ("short".to_string(), DeviceRecord { public_key: "00ff".into(), ..record(good.as_bytes()) }),
+        ]);
+        write_json(&dir.path().join(REGISTRY_FILE), &devices).unwrap();
+
+        let mut registry = DeviceRegistry::open(dir.path()).unwrap();
+        assert_eq!(registry.key_of("good"), Ok(good));
+        assert_eq!(registry.key_of("bad"), Err(ReadingError::UnknownKey("bad".into())));
+        assert_eq!(registry.key_of("short"), Err(ReadingError::UnknownKey("short".into())));
+        assert_eq!(registry.key_of("nobody"), Err(ReadingError::UnknownDevice("nobody".into())));
+
+        let blob = registry.provision("new").unwrap();
+        let new = SigningKey::from_bytes(&blob.seed).verifying_key();
+        assert_eq!(registry.key_of("new"), Ok(new));
+        assert_eq!(DeviceRegistry::open(dir.path()).unwrap().key_of("new"), Ok(new));
+        registry.revoke("good").unwrap();
+        assert_eq!(registry.key_of("good"), Err(ReadingError::RevokedDevice("good".into())));
+    }
 }

@@ -201,6 +201,8 @@ impl Engine {
             let model = crate::pad::swapped_in(model);
             let model = crate::im2col::swapped_in(model);
             let model = crate::eager::swapped_in(model);
+            // Before `pack`, which would swap the vector's pack for its own.
+            let model = crate::gemv::swapped_in(model);
             crate::pack::swapped_in(model)
         };
         let plan = model.into_runnable().map_err(model_err)?;

@@ -31,6 +31,8 @@ mod engine;
 #[cfg(any(target_arch = "wasm32", test))]
 mod eager;
 #[cfg(any(target_arch = "wasm32", test))]
+mod gemv;
+#[cfg(any(target_arch = "wasm32", test))]
 mod graph;
 #[cfg(any(target_arch = "wasm32", test))]
 mod hardswish;
@@ -52,3 +54,5 @@ mod reducesum;
 mod rowbin;
 
 pub use engine::{Engine, Outputs, OwnedTensor, inspect};
+#[cfg(target_arch = "wasm32")]
+pub use gemv::{ForeignKernels, TileKernel, register_foreign_kernels};

@@ -227,6 +227,22 @@ impl MatMatMulKer for HostKer {
     }
 }
 
+impl warden_guest::TileKernel for HostKer {
+    fn run(&self, ops: &[FusedKerSpec<f32>]) -> isize {
+        MatMatMulKer::kernel(self, ops)
+    }
+}
+
+/// Lets the guest's matrix-vector products (`warden_guest`'s `gemv`) run their tiles on the
+/// host's kernels, through [`HostKer::kernel`] and so through the host's checks, as tract's
+/// driver does.
+pub(crate) fn register_gemv() {
+    warden_guest::register_foreign_kernels(|mmm| {
+        let any: &dyn std::any::Any = mmm;
+        any.downcast_ref::<HostMmm>().map(|h| Arc::new(h.0.clone()) as Arc<dyn warden_guest::TileKernel>)
+    });
+}
+
 /// A host kernel as a whole matrix product: tract's own driver ([`HostKer`]'s blanket
 /// `MatMatMul`), except that the tiles a product fills go to the host a row of tiles per call
 /// (`mmm_run_tiles`) instead of one per call (CNN 0.932x, PP-OCR recognition 0.941x and

@@ -332,6 +332,7 @@ fn request(g: &Guest, len: u32) -> Result<&[u8], GuestError> {
 // defined only here, and the host calls them one at a time, as `warden_wire::guest` documents.
 #[unsafe(no_mangle)]
 pub extern "C" fn warden_load(len: u32) -> u64 {
+    kernels::register_gemv();
     GUEST.with_borrow_mut(|g| {
         g.engine = None;
         let result = request(g, len).and_then(|bytes| {

@@ -6,7 +6,7 @@
 //! nothing: no files, no network, no environment, no arguments.
 //!
 //! The same [`Engine`] also compiles natively, so tests and benchmarks can compare the sandbox with
-//! native tract running identical code, except for eight ops the WebAssembly build swaps in and one
+//! native tract running identical code, except for nine ops the WebAssembly build swaps in and one
 //! cast it drops (`label`: an int64 output tract casts to its `TDim` type and back, losing all but
 //! 32 bits, is passed through as it is). The swaps: a hard-swish in one loop (`hardswish`), where
 //! tract makes two chains of element-wise passes; a vectorized 2x2 stride-2 max-pool (`maxpool`),
@@ -17,13 +17,15 @@
 //! axes in one loop (`reducesum`), where tract's own adds one ndarray sub-view at a time; the lazy
 //! im2col gather (`im2col`), where tract's own loads and stores one value at a time; the eager
 //! im2col matrix through a table of sources (`eager`), where tract's own writes one value at a
-//! time with bookkeeping per kernel row; and the transposing pack of a matrix product's operand
-//! (`pack`), where tract's own 4x4 tiles are scalar in WebAssembly. All eight give tract's results
-//! bit for bit.
+//! time with bookkeeping per kernel row; the transposing pack of a matrix product's operand
+//! (`pack`), where tract's own 4x4 tiles are scalar in WebAssembly; and a constant matrix by a
+//! vector (`gemv`), run tile by tile through the same kernel without tract's driver, the pack of
+//! the vector and the reshapes before it. All nine give tract's results bit for bit.
 //!
 //! Unsafe code is denied everywhere but in `im2col` and `pack`, which write packed panels
 //! through raw pointers as tract's own packing code does, reading only what a probe of tract's
-//! op proved in bounds.
+//! op proved in bounds, and in `gemv`, which hands a kernel its tiles' pointers as tract's
+//! driver does.
 #![deny(unsafe_code)]
 
 mod engine;

@@ -22,6 +22,7 @@
 use std::alloc::Layout;
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -116,48 +117,7 @@ struct Ops {
 fn encode(spec: &[FusedKerSpec<f32>]) -> Ops {
     let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
     let mut count = 0;
-    for spec in spec {
-        let w: [u32; WORDS_PER_OP] = match *spec {
-            FusedKerSpec::Done => break,
-            FusedKerSpec::Clear => [op::CLEAR, 0, 0, 0, 0],
-            FusedKerSpec::LoadTile(col, row) => [op::LOAD_TILE, word(col), word(row), 0, 0],
-            FusedKerSpec::ScalarMin(x) => [op::SCALAR_MIN, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::ScalarMax(x) => [op::SCALAR_MAX, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::ScalarAdd(x) => [op::SCALAR_ADD, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::ScalarMul(x) => [op::SCALAR_MUL, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::ScalarSub(x) => [op::SCALAR_SUB, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::ScalarSubF(x) => [op::SCALAR_SUB_F, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::LeakyRelu(x) => [op::LEAKY_RELU, x.to_bits(), 0, 0, 0],
-            FusedKerSpec::PerRowMin(p) => [op::PER_ROW_MIN, word(p), 0, 0, 0],
-            FusedKerSpec::PerRowMax(p) => [op::PER_ROW_MAX, word(p), 0, 0, 0],
-            FusedKerSpec::PerRowAdd(p) => [op::PER_ROW_ADD, word(p), 0, 0, 0],
-            FusedKerSpec::PerRowMul(p) => [op::PER_ROW_MUL, word(p), 0, 0, 0],
-            FusedKerSpec::PerRowSub(p) => [op::PER_ROW_SUB, word(p), 0, 0, 0],
-            FusedKerSpec::PerRowSubF(p) => [op::PER_ROW_SUB_F, word(p), 0, 0, 0],
-            FusedKerSpec::PerColMin(p) => [op::PER_COL_MIN, word(p), 0, 0, 0],
-            FusedKerSpec::PerColMax(p) => [op::PER_COL_MAX, word(p), 0, 0, 0],
-            FusedKerSpec::PerColAdd(p) => [op::PER_COL_ADD, word(p), 0, 0, 0],
-            FusedKerSpec::PerColMul(p) => [op::PER_COL_MUL, word(p), 0, 0, 0],
-            FusedKerSpec::PerColSub(p) => [op::PER_COL_SUB, word(p), 0, 0, 0],
-            FusedKerSpec::PerColSubF(p) => [op::PER_COL_SUB_F, word(p), 0, 0, 0],
-            FusedKerSpec::AddRowColProducts(rows, cols) => {
-                [op::ADD_ROW_COL_PRODUCTS, word(rows), word(cols), 0, 0]
-            }
-            FusedKerSpec::AddUnicast(s) | FusedKerSpec::Store(s) => [
-                if matches!(spec, FusedKerSpec::Store(_)) { op::STORE } else { op::ADD_UNICAST },
-                s.ptr as usize as u32,
-                s.row_byte_stride as i32 as u32,
-                s.col_byte_stride as i32 as u32,
-                s.item_size as u32,
-            ],
-            FusedKerSpec::AddMatMul { k, pa, pb, packing } => {
-                [op::ADD_MAT_MUL, k as u32, pa as usize as u32, pb as usize as u32, packing as u32]
-            }
-            // Quantization ops never reach an f32 kernel; the host traps on opcode 0.
-            FusedKerSpec::QScale(..) | FusedKerSpec::RoundingShiftRight(..) | FusedKerSpec::ShiftLeft(..) => {
-                [0; WORDS_PER_OP]
-            }
-        };
+    for w in spec.iter().map_while(op_words) {
         let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
             panic!("a tile of more than {MAX_OPS} fused ops");
         };
@@ -165,6 +125,52 @@ fn encode(spec: &[FusedKerSpec<f32>]) -> Ops {
         count += 1;
     }
     Ops { words, count }
+}
+
+/// One op of a tile's list as the host reads it; `None` at the end of the list.
+#[inline(always)]
+fn op_words(spec: &FusedKerSpec<f32>) -> Option<[u32; WORDS_PER_OP]> {
+    Some(match *spec {
+        FusedKerSpec::Done => return None,
+        FusedKerSpec::Clear => [op::CLEAR, 0, 0, 0, 0],
+        FusedKerSpec::LoadTile(col, row) => [op::LOAD_TILE, word(col), word(row), 0, 0],
+        FusedKerSpec::ScalarMin(x) => [op::SCALAR_MIN, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::ScalarMax(x) => [op::SCALAR_MAX, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::ScalarAdd(x) => [op::SCALAR_ADD, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::ScalarMul(x) => [op::SCALAR_MUL, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::ScalarSub(x) => [op::SCALAR_SUB, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::ScalarSubF(x) => [op::SCALAR_SUB_F, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::LeakyRelu(x) => [op::LEAKY_RELU, x.to_bits(), 0, 0, 0],
+        FusedKerSpec::PerRowMin(p) => [op::PER_ROW_MIN, word(p), 0, 0, 0],
+        FusedKerSpec::PerRowMax(p) => [op::PER_ROW_MAX, word(p), 0, 0, 0],
+        FusedKerSpec::PerRowAdd(p) => [op::PER_ROW_ADD, word(p), 0, 0, 0],
+        FusedKerSpec::PerRowMul(p) => [op::PER_ROW_MUL, word(p), 0, 0, 0],
+        FusedKerSpec::PerRowSub(p) => [op::PER_ROW_SUB, word(p), 0, 0, 0],
+        FusedKerSpec::PerRowSubF(p) => [op::PER_ROW_SUB_F, word(p), 0, 0, 0],
+        FusedKerSpec::PerColMin(p) => [op::PER_COL_MIN, word(p), 0, 0, 0],
+        FusedKerSpec::PerColMax(p) => [op::PER_COL_MAX, word(p), 0, 0, 0],
+        FusedKerSpec::PerColAdd(p) => [op::PER_COL_ADD, word(p), 0, 0, 0],
+        FusedKerSpec::PerColMul(p) => [op::PER_COL_MUL, word(p), 0, 0, 0],
+        FusedKerSpec::PerColSub(p) => [op::PER_COL_SUB, word(p), 0, 0, 0],
+        FusedKerSpec::PerColSubF(p) => [op::PER_COL_SUB_F, word(p), 0, 0, 0],
+        FusedKerSpec::AddRowColProducts(rows, cols) => {
+            [op::ADD_ROW_COL_PRODUCTS, word(rows), word(cols), 0, 0]
+        }
+        FusedKerSpec::AddUnicast(s) | FusedKerSpec::Store(s) => [
+            if matches!(spec, FusedKerSpec::Store(_)) { op::STORE } else { op::ADD_UNICAST },
+            s.ptr as usize as u32,
+            s.row_byte_stride as i32 as u32,
+            s.col_byte_stride as i32 as u32,
+            s.item_size as u32,
+        ],
+        FusedKerSpec::AddMatMul { k, pa, pb, packing } => {
+            [op::ADD_MAT_MUL, k as u32, pa as usize as u32, pb as usize as u32, packing as u32]
+        }
+        // Quantization ops never reach an f32 kernel; the host traps on opcode 0.
+        FusedKerSpec::QScale(..) | FusedKerSpec::RoundingShiftRight(..) | FusedKerSpec::ShiftLeft(..) => {
+            [0; WORDS_PER_OP]
+        }
+    })
 }
 
 thread_local! {
@@ -181,13 +187,25 @@ impl MatMatMulKer for HostKer {
     }
 
     fn kernel(&self, spec: &[FusedKerSpec<f32>]) -> isize {
-        let ops = encode(spec);
-        if CAPTURE.with_borrow_mut(|c| c.as_mut().map(|c| *c = Some(ops)).is_some()) {
+        if CAPTURE.with_borrow_mut(|c| c.as_mut().map(|c| *c = Some(encode(spec))).is_some()) {
             return 0;
         }
-        // SAFETY: an import of the host; it reads `count` ops from `words`, which lives until it
-        // returns, and checks every guest address in them itself.
-        unsafe { mmm_run(self.index, ops.words.as_ptr(), ops.count as u32) as isize }
+        // The words are written as they are encoded, without zeroing or copying a whole `Ops`
+        // first (memsets and copies of 640 bytes per tile, a few percent of PP-OCR orientation).
+        let mut words = [MaybeUninit::<u32>::uninit(); MAX_OPS * WORDS_PER_OP];
+        let mut count = 0;
+        for w in spec.iter().map_while(op_words) {
+            let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
+                panic!("a tile of more than {MAX_OPS} fused ops");
+            };
+            for (slot, w) in slot.iter_mut().zip(w) {
+                slot.write(w);
+            }
+            count += 1;
+        }
+        // SAFETY: an import of the host; it reads `count` ops from `words`, all of them written
+        // above, which live until it returns, and checks every guest address in them itself.
+        unsafe { mmm_run(self.index, words.as_ptr().cast(), count as u32) as isize }
     }
 
     fn mr(&self) -> usize {
@@ -321,15 +339,21 @@ impl HostMmm {
         let down = if rows > 1 { step(unsafe { self.captured(scratch, specs, 1, 0)? }) } else { zero };
         let right = step(unsafe { self.captured(scratch, specs, 0, 1)? });
         let corner = unsafe { self.captured(scratch, specs, rows - 1, cols - 1)? };
-        let at = |row: usize, col: usize| {
-            let mut ops = first;
-            for ((w, d), r) in ops.words.iter_mut().zip(&down.words).zip(&right.words) {
-                *w = w.wrapping_add(d.wrapping_mul(row as u32)).wrapping_add(r.wrapping_mul(col as u32));
+        // Only the live words (`count` ops) are stepped and compared, in word loops, into one
+        // `Ops` reused for every call: whole arrays would be copies and a `memcmp` of 640
+        // bytes, a byte loop in WebAssembly with an epoch check per byte.
+        let live = (first.count * WORDS_PER_OP).min(first.words.len());
+        let at = |ops: &mut Ops, row: usize, col: usize| {
+            let (row, col) = (row as u32, col as u32);
+            let steps = first.words.iter().zip(&down.words).zip(&right.words);
+            for (w, ((f, d), r)) in ops.words[..live].iter_mut().zip(steps) {
+                *w = f.wrapping_add(d.wrapping_mul(row)).wrapping_add(r.wrapping_mul(col));
             }
-            ops
         };
+        let mut ops = first;
+        at(&mut ops, rows - 1, cols - 1);
         if [down.count, right.count, corner.count].iter().any(|c| *c != first.count)
-            || at(rows - 1, cols - 1) != corner
+            || !ops.words[..live].iter().zip(&corner.words[..live]).all(|(a, b)| a == b)
         {
             return Ok(false);
         }
@@ -340,7 +364,7 @@ impl HostMmm {
             let mut col = 0;
             while col < cols {
                 let tiles = chunk.min(cols - col);
-                let ops = at(row, col);
+                at(&mut ops, row, col);
                 // SAFETY: an import of the host; it reads `ops.count` ops from `ops.words` and as
                 // many from `right.words`, which live until it returns, and checks every guest
                 // address of every tile it derives from them itself.

@@ -264,22 +264,33 @@ pub(crate) fn register_gemv() {
 /// A host kernel as a whole matrix product: tract's own driver ([`HostKer`]'s blanket
 /// `MatMatMul`), except that the tiles a product fills go to the host a row of tiles per call
 /// (`mmm_run_tiles`) instead of one per call (CNN 0.932x, PP-OCR recognition 0.941x and
-/// orientation 0.970x; benches/README.md).
+/// orientation 0.970x; benches/README.md), or a column per call for a product with more rows of
+/// tiles than columns.
 ///
 /// tract resolves each tile's op list from the product's fused ops; every address in it is an
 /// affine function of the tile's place (packed panels, bias slices and output tiles at fixed
-/// strides). [`HostMmm::full_tiles`] has tract resolve three tiles without running them
+/// strides). [`HostMmm::full_tiles`] has tract resolve up to three tiles without running them
 /// (`CAPTURE`), takes the differences as the steps between rows and between columns, checks them
-/// against a fourth tile (the far corner) and hands the host the first tile of each row with the
-/// step between columns. The host checks every tile it derives in full, as it checks a tile from
-/// `mmm_run`. Border tiles (those the product only partly fills) still run one at a time through
+/// against one more tile (the far corner) and hands the host the first tile of each row with the
+/// step between columns (or of each column, with the step between rows). The host checks every
+/// tile it derives in full, as it checks a tile from `mmm_run`. The last row of tiles, when the
+/// product fills it only partly, goes the same way ([`HostMmm::border_row`]), through padded
+/// copies; the other border tiles (a last, partial, column) still run one at a time through
 /// tract's own code, which copies them out of scratch space. A lazily packed B operand (tract's
 /// im2col) is packed ahead, every panel once, into one buffer ([`Prepacked`]) that all tiles
-/// read. A product with an op this does not handle, with fewer than three columns or eight full
-/// tiles (the captures would cost more than the calls they save), or whose captured steps do
+/// read. A product with an op this does not handle, with fewer than eight full tiles or three a
+/// line (the captures would cost more than the calls they save), or whose captured steps do
 /// not check, runs as tract runs it.
 #[derive(Clone, Debug)]
 struct HostMmm(HostKer);
+
+/// A product's first full tile's op list, and the steps from one tile to the next down and
+/// right.
+struct Steps {
+    first: Ops,
+    down: Ops,
+    right: Ops,
+}
 
 /// Whether the host still might run rows of tiles: cleared at its first refusal (`-1`).
 static HOST_TILE_BATCHES: AtomicBool = AtomicBool::new(true);
@@ -312,7 +323,8 @@ impl HostMmm {
         }
     }
 
-    /// Runs the product's full tiles a row at a time (see [`HostMmm`]); `false` if it cannot
+    /// Runs the product's full tiles a row at a time (see [`HostMmm`]), and answers the first
+    /// tile's op list with the steps between rows and between columns; `None` if it cannot
     /// (then none ran).
     ///
     /// # Safety
@@ -323,7 +335,7 @@ impl HostMmm {
         n: usize,
         scratch: &ScratchSpaceImpl<f32>,
         specs: &[FusedSpec],
-    ) -> TractResult<bool> {
+    ) -> TractResult<Option<Steps>> {
         let (mr, nr) = (self.0.mr, self.0.nr);
         let (rows, cols) = (m / mr, n / nr);
         // SAFETY (the captures): the caller's contract; each tile is a full tile of the product.
@@ -337,7 +349,7 @@ impl HostMmm {
         };
         let zero = Ops { words: [0; MAX_OPS * WORDS_PER_OP], count: first.count };
         let down = if rows > 1 { step(unsafe { self.captured(scratch, specs, 1, 0)? }) } else { zero };
-        let right = step(unsafe { self.captured(scratch, specs, 0, 1)? });
+        let right = if cols > 1 { step(unsafe { self.captured(scratch, specs, 0, 1)? }) } else { zero };
         let corner = unsafe { self.captured(scratch, specs, rows - 1, cols - 1)? };
         // Only the live words (`count` ops) are stepped and compared, in word loops, into one
         // `Ops` reused for every call: whole arrays would be copies and a `memcmp` of 640
@@ -355,38 +367,142 @@ impl HostMmm {
         if [down.count, right.count, corner.count].iter().any(|c| *c != first.count)
             || !ops.words[..live].iter().zip(&corner.words[..live]).all(|(a, b)| a == b)
         {
-            return Ok(false);
+            return Ok(None);
         }
-        // Per call, at most MAX_TILE_WORK multiply-adds (the host refuses more).
-        let per_tile = tile_work(mr as u64, nr as u64, &first.words[..first.count * WORDS_PER_OP]);
-        let chunk = usize::try_from(MAX_TILE_WORK / per_tile.max(1)).unwrap_or(usize::MAX).max(1);
-        for row in 0..rows {
-            let mut col = 0;
-            while col < cols {
-                let tiles = chunk.min(cols - col);
-                at(&mut ops, row, col);
-                // SAFETY: an import of the host; it reads `ops.count` ops from `ops.words` and as
-                // many from `right.words`, which live until it returns, and checks every guest
-                // address of every tile it derives from them itself.
-                let done = unsafe {
-                    mmm_run_tiles(
-                        self.0.index,
-                        ops.words.as_ptr(),
-                        ops.count as u32,
-                        tiles as u32,
-                        right.words.as_ptr(),
-                    )
-                };
-                if done == -1 && row == 0 && col == 0 {
-                    // Only the first call can be refused this way (the host runs batches or
-                    // not), so nothing ran yet: every tile goes one at a time from now on.
-                    HOST_TILE_BATCHES.store(false, Ordering::Relaxed);
-                    return Ok(false);
-                }
-                ensure!(done == 0, "Kernel {} returned error {done}", self.0.name);
-                col += tiles;
+        // A call per row of tiles, or per column for a product narrower than it is tall (a
+        // channel-last pointwise convolution with few output channels: 1 or 2 columns of
+        // tiles, hundreds of rows).
+        let lines = if cols >= rows {
+            (0..rows).map(|row| (row, 0)).collect::<Vec<_>>()
+        } else {
+            (0..cols).map(|col| (0, col)).collect()
+        };
+        let (along, len) = if cols >= rows { (&right, cols) } else { (&down, rows) };
+        for (i, (row, col)) in lines.into_iter().enumerate() {
+            at(&mut ops, row, col);
+            if !self.run_line(&ops, along, len, i == 0)? {
+                return Ok(None);
             }
         }
+        Ok(Some(Steps { first, down, right }))
+    }
+
+    /// Runs `len` tiles of one row (or column), from `ops` (its first tile) stepping by `along`,
+    /// in calls of at most `MAX_TILE_WORK` multiply-adds (the host refuses more). `false` if the
+    /// host refused the first call of a product's first line (then nothing ran, and tiles go
+    /// one at a time from now on).
+    fn run_line(&self, ops: &Ops, along: &Ops, len: usize, first_line: bool) -> TractResult<bool> {
+        let (mr, nr) = (self.0.mr, self.0.nr);
+        let per_tile = tile_work(mr as u64, nr as u64, &ops.words[..ops.count * WORDS_PER_OP]);
+        let chunk = usize::try_from(MAX_TILE_WORK / per_tile.max(1)).unwrap_or(usize::MAX).max(1);
+        let mut ops = *ops;
+        let live = ops.count * WORDS_PER_OP;
+        let mut done_tiles = 0;
+        while done_tiles < len {
+            let tiles = chunk.min(len - done_tiles);
+            // SAFETY: an import of the host; it reads `ops.count` ops from `ops.words` and as
+            // many from `right.words`, which live until it returns, and checks every guest
+            // address of every tile it derives from them itself.
+            let done = unsafe {
+                mmm_run_tiles(
+                    self.0.index,
+                    ops.words.as_ptr(),
+                    ops.count as u32,
+                    tiles as u32,
+                    along.words.as_ptr(),
+                )
+            };
+            if done == -1 && first_line && done_tiles == 0 {
+                // Only the first call can be refused this way (the host runs batches or not),
+                // so nothing ran yet: every tile goes one at a time from now on.
+                HOST_TILE_BATCHES.store(false, Ordering::Relaxed);
+                return Ok(false);
+            }
+            ensure!(done == 0, "Kernel {} returned error {done}", self.0.name);
+            for (w, r) in ops.words[..live].iter_mut().zip(&along.words) {
+                *w = w.wrapping_add(r.wrapping_mul(tiles as u32));
+            }
+            done_tiles += tiles;
+        }
+        Ok(true)
+    }
+
+    /// Runs the full-width tiles of the product's last, partial, row of tiles (`m % mr` rows)
+    /// a row per call, as [`HostMmm::full_tiles`] runs the full rows, instead of one call and
+    /// two copies per tile: the row's op list is the full rows' stepped once more, with each
+    /// per-row operand read from a zero-padded copy of its `m % mr` values (tract's
+    /// `for_border_tile` pads them the same way) and the tiles stored into a buffer, whose live
+    /// rows are then copied into C (as tract's `set_from_tile` does per tile). The kernel sees
+    /// the same operands as tract's border tiles, so the values are the same. `false` (nothing
+    /// ran) for an op this cannot redirect: a unicast add, a tile load or row-and-column
+    /// products, which read operands past `m`.
+    ///
+    /// # Safety
+    /// `steps` are [`HostMmm::full_tiles`]'s for this product, whose C is still alive.
+    unsafe fn border_row(&self, m: usize, n: usize, steps: &Steps) -> TractResult<bool> {
+        let (mr, nr) = (self.0.mr, self.0.nr);
+        let (rows, cols, height) = (m / mr, n / nr, m % mr);
+        let Steps { first, down, right } = steps;
+        let live = first.count * WORDS_PER_OP;
+        let mut ops = *first;
+        let mut step = *right;
+        for (w, d) in ops.words[..live].iter_mut().zip(&down.words) {
+            *w = w.wrapping_add(d.wrapping_mul(rows as u32));
+        }
+        let tile_len = mr * nr;
+        let mut tiles = vec![0f32; tile_len * cols];
+        let mut padded: Vec<Vec<f32>> = Vec::new();
+        let mut c = None;
+        for (w, r) in
+            ops.words[..live].chunks_exact_mut(WORDS_PER_OP).zip(step.words.chunks_exact_mut(WORDS_PER_OP))
+        {
+            match w[0] {
+                op::PER_ROW_MIN..=op::PER_ROW_SUB_F => {
+                    if r[1] != 0 {
+                        return Ok(false);
+                    }
+                    // SAFETY: tract's per-row operand holds `m` values; this row's start, at
+                    // `rows * mr`, is followed by `height` of them.
+                    let values = unsafe { std::slice::from_raw_parts(w[1] as usize as *const f32, height) };
+                    let mut copy = vec![0f32; mr];
+                    copy[..height].copy_from_slice(values);
+                    w[1] = word(copy.as_ptr());
+                    padded.push(copy);
+                }
+                op::STORE => {
+                    if w[4] != 4 || c.is_some() {
+                        return Ok(false);
+                    }
+                    c = Some((w[1], w[2] as i32 as isize, w[3] as i32 as isize, r[1]));
+                    // Tile `j` at `j * mr * nr` in `tiles`, column-major, like tract's scratch.
+                    w[1] = tiles.as_mut_ptr() as usize as u32;
+                    w[2] = 4;
+                    w[3] = (4 * mr) as u32;
+                    r[1] = (4 * tile_len) as u32;
+                    r[2] = 0;
+                    r[3] = 0;
+                }
+                op::ADD_UNICAST | op::LOAD_TILE | op::ADD_ROW_COL_PRODUCTS => return Ok(false),
+                _ => {}
+            }
+        }
+        let Some((c0, rs, cs, c_step)) = c else { return Ok(false) };
+        if !self.run_line(&ops, &step, cols, false)? {
+            return Ok(false);
+        }
+        for (j, tile) in tiles.chunks_exact(tile_len).enumerate() {
+            let base = c0.wrapping_add(c_step.wrapping_mul(j as u32)) as usize as *mut u8;
+            for y in 0..height {
+                for x in 0..nr {
+                    // SAFETY: the live rows of C's tile (`rows`, `j`): tract's own store
+                    // addresses for them, the tile's place stepped as the host checked it.
+                    unsafe {
+                        base.offset(y as isize * rs + x as isize * cs).cast::<f32>().write(tile[y + x * mr]);
+                    }
+                }
+            }
+        }
+        drop(padded);
         Ok(true)
     }
 
@@ -407,10 +523,18 @@ impl HostMmm {
         // `specs` and this kernel, as `full_tiles` and `ScratchSpaceImpl::run` require.
         unsafe {
             scratch.prepare(&self.0, m, n, specs)?;
-            let batched = self.full_tiles(m, n, scratch, specs)?;
+            let steps = self.full_tiles(m, n, scratch, specs)?;
+            let border = match &steps {
+                // From three tiles on, as for the full rows: the copies and buffers cost about
+                // what the calls they save do.
+                Some(steps) if !m.is_multiple_of(mr) && n / nr >= 3 => self.border_row(m, n, steps)?,
+                _ => false,
+            };
+            let (rows, cols) = (m / mr, n / nr);
             for down in 0..m.div_ceil(mr) {
                 for right in 0..n.div_ceil(nr) {
-                    if !batched || down >= m / mr || right >= n / nr {
+                    let done = steps.is_some() && right < cols && (down < rows || border);
+                    if !done {
                         scratch.run(&self.0, specs, down, right)?;
                     }
                 }
@@ -628,9 +752,9 @@ impl MatMatMul for HostMmm {
     ) -> TractResult<()> {
         let (mr, nr) = (self.0.mr, self.0.nr);
         let (rows, cols) = (m / mr, n / nr);
-        // Three or four op lists resolved without running, and a host call per row: worth it
-        // from three columns and eight tiles on.
-        let worth = cols >= 3 && rows * cols >= 8 && HOST_TILE_BATCHES.load(Ordering::Relaxed);
+        // Three or four op lists resolved without running, and a host call per row (or column)
+        // of tiles: worth it from three tiles a call and eight tiles on.
+        let worth = cols.max(rows) >= 3 && rows * cols >= 8 && HOST_TILE_BATCHES.load(Ordering::Relaxed);
         let plan = if worth { batchable(specs) } else { None };
         let Some(lazy_b) = plan else {
             // SAFETY: passed on.

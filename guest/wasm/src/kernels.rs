@@ -116,15 +116,20 @@ struct Ops {
 /// tract's op list for one tile, with guest addresses.
 fn encode(spec: &[FusedKerSpec<f32>]) -> Ops {
     let mut words = [0u32; MAX_OPS * WORDS_PER_OP];
+    let count = encode_each(spec, |at, w| words[at..at + WORDS_PER_OP].copy_from_slice(&w));
+    Ops { words, count }
+}
+
+/// Hands `put` each op of tract's list for one tile, with the index of its first word; answers
+/// the number of ops (at most [`MAX_OPS`]).
+fn encode_each(spec: &[FusedKerSpec<f32>], mut put: impl FnMut(usize, [u32; WORDS_PER_OP])) -> usize {
     let mut count = 0;
     for w in spec.iter().map_while(op_words) {
-        let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
-            panic!("a tile of more than {MAX_OPS} fused ops");
-        };
-        slot.copy_from_slice(&w);
+        assert!(count < MAX_OPS, "a tile of more than {MAX_OPS} fused ops");
+        put(count * WORDS_PER_OP, w);
         count += 1;
     }
-    Ops { words, count }
+    count
 }
 
 /// One op of a tile's list as the host reads it; `None` at the end of the list.
@@ -193,16 +198,11 @@ impl MatMatMulKer for HostKer {
         // The words are written as they are encoded, without zeroing or copying a whole `Ops`
         // first (memsets and copies of 640 bytes per tile, a few percent of PP-OCR orientation).
         let mut words = [MaybeUninit::<u32>::uninit(); MAX_OPS * WORDS_PER_OP];
-        let mut count = 0;
-        for w in spec.iter().map_while(op_words) {
-            let Some(slot) = words.get_mut(count * WORDS_PER_OP..(count + 1) * WORDS_PER_OP) else {
-                panic!("a tile of more than {MAX_OPS} fused ops");
-            };
-            for (slot, w) in slot.iter_mut().zip(w) {
+        let count = encode_each(spec, |at, w| {
+            for (slot, w) in words[at..at + WORDS_PER_OP].iter_mut().zip(w) {
                 slot.write(w);
             }
-            count += 1;
-        }
+        });
         // SAFETY: an import of the host; it reads `count` ops from `words`, all of them written
         // above, which live until it returns, and checks every guest address in them itself.
         unsafe { mmm_run(self.index, words.as_ptr().cast(), count as u32) as isize }

@@ -6,6 +6,7 @@ mod dtypes;
 mod hostile;
 mod hostile_corpus;
 mod policy;
+mod products;
 mod readings;
 mod reference;
 mod sandbox;

@@ -323,9 +323,9 @@ impl HostMmm {
         }
     }
 
-    /// Runs the product's full tiles a row at a time (see [`HostMmm`]), and answers the first
-    /// tile's op list with the steps between rows and between columns; `None` if it cannot
-    /// (then none ran).
+    /// Runs the product's full tiles a row (or a column) at a time (see [`HostMmm`]), and
+    /// answers the first tile's op list with the steps between rows and between columns; `None`
+    /// if it cannot (then none ran).
     ///
     /// # Safety
     /// tract's contract for `run_with_scratch_space`, with `scratch` prepared for `specs`.
@@ -401,7 +401,7 @@ impl HostMmm {
         while done_tiles < len {
             let tiles = chunk.min(len - done_tiles);
             // SAFETY: an import of the host; it reads `ops.count` ops from `ops.words` and as
-            // many from `right.words`, which live until it returns, and checks every guest
+            // many from `along.words`, which live until it returns, and checks every guest
             // address of every tile it derives from them itself.
             let done = unsafe {
                 mmm_run_tiles(
@@ -442,6 +442,8 @@ impl HostMmm {
     unsafe fn border_row(&self, m: usize, n: usize, steps: &Steps) -> TractResult<bool> {
         let (mr, nr) = (self.0.mr, self.0.nr);
         let (rows, cols, height) = (m / mr, n / nr, m % mr);
+        // The last row is stepped from the first by `down`, captured only with two full rows.
+        ensure!(rows >= 2, "a partial last row needs the step between two full rows");
         let Steps { first, down, right } = steps;
         let live = first.count * WORDS_PER_OP;
         let mut ops = *first;
@@ -527,7 +529,11 @@ impl HostMmm {
             let border = match &steps {
                 // From three tiles on, as for the full rows: the copies and buffers cost about
                 // what the calls they save do.
-                Some(steps) if !m.is_multiple_of(mr) && n / nr >= 3 => self.border_row(m, n, steps)?,
+                // Only with a step down captured (two full rows or more): with one, `down` is
+                // zeros, and the last row's op list would be the first row's.
+                Some(steps) if !m.is_multiple_of(mr) && m / mr >= 2 && n / nr >= 3 => {
+                    self.border_row(m, n, steps)?
+                }
                 _ => false,
             };
             let (rows, cols) = (m / mr, n / nr);

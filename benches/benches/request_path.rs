@@ -1,5 +1,6 @@
 //! The host's work around one request, outside the sandbox: reading signatures (one at a time,
-//! and batched with ed25519-dalek's `verify_batch`), a reading's full authentication, input
+//! with and without the device key's table, and batched with ed25519-dalek's `verify_batch`), a
+//! reading's full authentication, input
 //! validation, output checks and policy, and a durable audit append.
 //!
 //! `cargo bench -p warden-benches --bench request_path`
@@ -12,7 +13,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use warden::audit::{AuditEntry, AuditLog};
 use warden::policy::{apply_output_policy, check_outputs, validate_inputs};
-use warden::trust::{DeviceRegistry, ReadingVerifier, verify_bundle};
+use warden::trust::{DeviceKey, DeviceRegistry, MAX_KEY_TABLES, ReadingVerifier, TableBudget, verify_bundle};
 use warden::wire::manifest::OutputPolicy;
 use warden::wire::reading::{MAX_MESSAGE_LEN, SignedReading, reading_message};
 use warden::{Tensor, trust::TrustStore};
@@ -45,6 +46,8 @@ fn signatures(c: &mut Criterion) {
     }
     let sigs: Vec<Signature> = readings.iter().map(|(s, _)| Signature::from_bytes(&s.signature.0)).collect();
     let keys: Vec<VerifyingKey> = readings.iter().map(|(_, k)| *k).collect();
+    let device_keys: Vec<DeviceKey> = keys.iter().map(|k| DeviceKey::new(*k)).collect();
+    let budget = TableBudget::new(MAX_KEY_TABLES);
 
     let mut group = c.benchmark_group("reading_signatures");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
@@ -57,11 +60,29 @@ fn signatures(c: &mut Criterion) {
                 }
             })
         });
+        // As the daemon checks them: the same result as `verify_strict`, with each key's table
+        // (built at its first check, during the warm-up).
+        group.bench_function(BenchmarkId::new("device_key_table_each", n), |b| {
+            b.iter(|| {
+                for i in 0..n {
+                    device_keys[i].verify_strict(messages[i], &sigs[i], &budget).unwrap();
+                }
+            })
+        });
         group.bench_function(BenchmarkId::new("verify_batch", n), |b| {
             b.iter(|| ed25519_dalek::verify_batch(&messages[..n], &sigs[..n], &keys[..n]).unwrap())
         });
     }
     group.finish();
+
+    // A device's first reading: its key's table built, then the check.
+    c.bench_function("reading_signatures/device_key_table_first", |b| {
+        b.iter_batched(
+            || DeviceKey::new(keys[0]),
+            |key| key.verify_strict(messages[0], &sigs[0], &TableBudget::new(1)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
 
     // The whole check of one reading as the daemon runs it: format, registry lookup, key id,
     // strict signature, freshness (no state changes).

@@ -11,6 +11,7 @@ use warden_wire::provision::{KeyBlob, key_id};
 use warden_wire::reading::{MAX_DEVICE_ID, MAX_MESSAGE_LEN, READING_FORMAT, SignedReading, reading_message};
 
 use super::counters::{CounterError, CounterStore};
+use super::device_key::{DeviceKey, MAX_KEY_TABLES, TableBudget};
 use super::fsutil::{create_private_dir, write_atomic};
 use crate::error::{Error, Result};
 
@@ -88,18 +89,21 @@ pub struct DeviceRegistry {
     path: PathBuf,
     devices: BTreeMap<String, DeviceRecord>,
     /// Each device's key as a curve point, decompressed once here rather than per reading
-    /// (about a tenth of a strict check). A record whose key does not parse has none.
-    keys: HashMap<String, VerifyingKey>,
+    /// (about a tenth of a strict check), with its table of multiples once it has been used. A
+    /// record whose key does not parse has none.
+    keys: HashMap<String, DeviceKey>,
+    /// Bounds the memory the keys' tables take (30 KiB each).
+    tables: TableBudget,
 }
 
 /// The verifying key of every record whose hex key parses into a curve point.
-fn parse_keys(devices: &BTreeMap<String, DeviceRecord>) -> HashMap<String, VerifyingKey> {
+fn parse_keys(devices: &BTreeMap<String, DeviceRecord>) -> HashMap<String, DeviceKey> {
     devices
         .iter()
         .filter_map(|(id, record)| {
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(&record.public_key, &mut bytes).ok()?;
-            Some((id.clone(), VerifyingKey::from_bytes(&bytes).ok()?))
+            Some((id.clone(), DeviceKey::new(VerifyingKey::from_bytes(&bytes).ok()?)))
         })
         .collect()
 }
@@ -124,7 +128,8 @@ impl DeviceRegistry {
         create_private_dir(state_dir)?;
         let path = state_dir.join(REGISTRY_FILE);
         let devices = read_json(&path)?;
-        Ok(DeviceRegistry { keys: parse_keys(&devices), devices, path })
+        let tables = TableBudget::new(MAX_KEY_TABLES);
+        Ok(DeviceRegistry { keys: parse_keys(&devices), devices, path, tables })
     }
 
     /// Makes a key pair for a new device, registers its public key, and returns the key blob to
@@ -152,7 +157,7 @@ impl DeviceRegistry {
         );
         write_json(&self.path, &next)?;
         self.devices = next;
-        self.keys.insert(id.to_string(), public);
+        self.keys.insert(id.to_string(), DeviceKey::new(public));
         Ok(KeyBlob { device_id, seed: key.to_bytes() })
     }
 
@@ -174,12 +179,12 @@ impl DeviceRegistry {
             .collect()
     }
 
-    fn key_of(&self, id: &str) -> std::result::Result<VerifyingKey, ReadingError> {
+    fn key_of(&self, id: &str) -> std::result::Result<&DeviceKey, ReadingError> {
         let record = self.devices.get(id).ok_or_else(|| ReadingError::UnknownDevice(id.to_string()))?;
         if record.revoked {
             return Err(ReadingError::RevokedDevice(id.to_string()));
         }
-        self.keys.get(id).copied().ok_or_else(|| ReadingError::UnknownKey(id.to_string()))
+        self.keys.get(id).ok_or_else(|| ReadingError::UnknownKey(id.to_string()))
     }
 }
 
@@ -226,13 +231,13 @@ impl ReadingVerifier {
         let r = &signed.reading;
         let device = r.device_id.as_str().to_string();
         let key = self.registry.key_of(&device)?;
-        if key_id(key.as_bytes()) != signed.key_id {
+        if key_id(key.verifying_key().as_bytes()) != signed.key_id {
             return Err(ReadingError::UnknownKey(device));
         }
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         let message = reading_message(signed.format, &signed.key_id, r, &mut buf)
             .map_err(|_| ReadingError::Malformed)?;
-        key.verify_strict(message, &Signature::from_bytes(&signed.signature.0))
+        key.verify_strict(message, &Signature::from_bytes(&signed.signature.0), &self.registry.tables)
             .map_err(|_| ReadingError::BadSignature(device.clone()))?;
         if let Some(ts) = r.timestamp_ms {
             let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
@@ -347,16 +352,17 @@ mod tests {
         write_json(&dir.path().join(REGISTRY_FILE), &devices).unwrap();
 
         let mut registry = DeviceRegistry::open(dir.path()).unwrap();
-        assert_eq!(registry.key_of("good"), Ok(good));
-        assert_eq!(registry.key_of("bad"), Err(ReadingError::UnknownKey("bad".into())));
-        assert_eq!(registry.key_of("short"), Err(ReadingError::UnknownKey("short".into())));
-        assert_eq!(registry.key_of("nobody"), Err(ReadingError::UnknownDevice("nobody".into())));
+        let key_of = |registry: &DeviceRegistry, id: &str| registry.key_of(id).map(|k| *k.verifying_key());
+        assert_eq!(key_of(&registry, "good"), Ok(good));
+        assert_eq!(key_of(&registry, "bad"), Err(ReadingError::UnknownKey("bad".into())));
+        assert_eq!(key_of(&registry, "short"), Err(ReadingError::UnknownKey("short".into())));
+        assert_eq!(key_of(&registry, "nobody"), Err(ReadingError::UnknownDevice("nobody".into())));
 
         let blob = registry.provision("new").unwrap();
         let new = SigningKey::from_bytes(&blob.seed).verifying_key();
-        assert_eq!(registry.key_of("new"), Ok(new));
-        assert_eq!(DeviceRegistry::open(dir.path()).unwrap().key_of("new"), Ok(new));
+        assert_eq!(key_of(&registry, "new"), Ok(new));
+        assert_eq!(key_of(&DeviceRegistry::open(dir.path()).unwrap(), "new"), Ok(new));
         registry.revoke("good").unwrap();
-        assert_eq!(registry.key_of("good"), Err(ReadingError::RevokedDevice("good".into())));
+        assert_eq!(key_of(&registry, "good"), Err(ReadingError::RevokedDevice("good".into())));
     }
 }

@@ -38,9 +38,13 @@
 //! - [`AuditLog::append`] returns only after the record is written and `sync_data` has returned:
 //!   a record is durable before `append` returns, so a caller can append, then answer.
 //! - Group commit: appenders queue their serialized records under a mutex; whichever appender
-//!   finds no write in progress becomes the leader, writes everything queued with one `write` and
-//!   one `sync_data`, and wakes the others, whose records that write covered. So `n` concurrent
-//!   appends cost about one fsync, not `n`.
+//!   finds no write in progress becomes the writer: it writes everything queued with one `write`
+//!   and one `sync_data`, wakes the others, whose records that write covered, and goes on with
+//!   what was queued meanwhile until the queue is empty. So `n` concurrent appends cost about one
+//!   fsync, not `n`.
+//! - [`AuditLog::append_async`] is the same for async callers (the daemon): its writer runs on
+//!   Tokio's blocking pool and its waiters hold no thread, so a request waiting for its record
+//!   does not park a thread on the mutex and condition variable, and is woken by a watch channel.
 //! - If a write or an fsync fails, the log is poisoned: the appends covered by that write and every
 //!   later append return an error, because the file may or may not hold those records (after a
 //!   failed fsync the kernel may have dropped the dirty pages). A record is never reported durable
@@ -64,7 +68,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -407,6 +411,15 @@ struct State {
     poisoned: Option<String>,
 }
 
+/// How far the log is durable, as async appenders watch it.
+#[derive(Debug, Clone, Copy)]
+struct Durable {
+    /// [`State::durable`].
+    seq: u64,
+    /// [`State::poisoned`] is set.
+    poisoned: bool,
+}
+
 /// An open audit log: appends records durably, from any number of threads.
 ///
 /// Holds an exclusive advisory lock on the file while it is open.
@@ -415,7 +428,10 @@ pub struct AuditLog {
     path: PathBuf,
     file: File,
     state: Mutex<State>,
+    /// Wakes [`AuditLog::append`]'s waiters after each write.
     wake: Condvar,
+    /// The same news for [`AuditLog::append_async`]'s waiters.
+    durable: tokio::sync::watch::Sender<Durable>,
     answered: Mutex<AnsweredQueries>,
     counters: Mutex<DeviceCounters>,
 }
@@ -462,6 +478,7 @@ impl AuditLog {
             file.set_len(scan.valid_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
+        let durable = tokio::sync::watch::Sender::new(Durable { seq: scan.records, poisoned: false });
         let state = State {
             next_seq: scan.records + 1,
             last_hash: scan.last_hash,
@@ -475,6 +492,7 @@ impl AuditLog {
             file,
             state: Mutex::new(state),
             wake: Condvar::new(),
+            durable,
             answered: Mutex::new(scan.answered),
             counters: Mutex::new(scan.counters),
         })
@@ -509,7 +527,62 @@ impl AuditLog {
     /// [`AuditError::Poisoned`] (the call whose write or fsync failed gets the [`AuditError::Append`]).
     pub fn append(&self, entry: &AuditEntry) -> Result<u64, AuditError> {
         let mut state = self.lock()?;
-        self.check_poison(&state)?;
+        let seq = self.enqueue(&mut state, entry)?;
+        let mut failure = None;
+        if !state.writing {
+            state.writing = true;
+            let (next, failed) = self.drain(state);
+            state = next?;
+            failure = failed;
+        }
+        loop {
+            if state.durable >= seq {
+                return Ok(seq);
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            self.check_poison(&state)?;
+            state = self.wake.wait(state).map_err(|_| self.mutex_poisoned())?;
+        }
+    }
+
+    /// As [`AuditLog::append`], for async callers: resolves once the record is durable without
+    /// holding a thread while it waits. The first appender that finds no write in progress
+    /// starts one on Tokio's blocking pool, which writes and syncs everything queued, batch after
+    /// batch, until the queue is empty; the others only wait for it. A failed write or fsync
+    /// poisons the log as with `append`; here every caller it covers gets
+    /// [`AuditError::Poisoned`], whose reason names the step that failed.
+    ///
+    /// Must be called from within a Tokio runtime.
+    pub async fn append_async(self: &Arc<Self>, entry: &AuditEntry) -> Result<u64, AuditError> {
+        let mut durable = self.durable.subscribe();
+        let seq = {
+            let mut state = self.lock()?;
+            let seq = self.enqueue(&mut state, entry)?;
+            if !state.writing {
+                state.writing = true;
+                let log = Arc::clone(self);
+                tokio::task::spawn_blocking(move || match log.lock() {
+                    Ok(state) => drop(log.drain(state)),
+                    Err(e) => log.lock_lost(&e),
+                });
+            }
+            seq
+        };
+        let reached = durable.wait_for(|d| d.seq >= seq || d.poisoned).await.map(|d| *d);
+        if matches!(reached, Ok(d) if d.seq >= seq) {
+            return Ok(seq);
+        }
+        // Poisoned (the sender lives as long as `self`, so the wait cannot end otherwise).
+        self.check_poison(&*self.lock()?)?;
+        Err(self.mutex_poisoned())
+    }
+
+    /// Serializes `entry` as the next record, chained to the last one, and queues it. Returns its
+    /// `seq`.
+    fn enqueue(&self, state: &mut State, entry: &AuditEntry) -> Result<u64, AuditError> {
+        self.check_poison(state)?;
         let seq = state.next_seq;
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -534,34 +607,59 @@ impl AuditLog {
         state.queue.extend_from_slice(&line);
         state.last_hash = hash;
         state.next_seq += 1;
-        loop {
-            if state.durable >= seq {
-                return Ok(seq);
-            }
-            self.check_poison(&state)?;
-            if state.writing {
-                state = self.wake.wait(state).map_err(|_| self.mutex_poisoned())?;
-                continue;
-            }
+        Ok(seq)
+    }
+
+    /// The writer (the caller set `writing`): writes and syncs the queue, batch after batch,
+    /// outside the lock, until it is empty or the log is poisoned; after each batch it wakes the
+    /// waiting appenders, sync and async. Returns the lock (taken again) and the failure of the
+    /// batch that poisoned the log, if one did.
+    fn drain<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+    ) -> (Result<MutexGuard<'a, State>, AuditError>, Option<AuditError>) {
+        let mut failure = None;
+        while !state.queue.is_empty() && state.poisoned.is_none() {
             let batch = std::mem::take(&mut state.queue);
             let upto = state.next_seq - 1;
-            state.writing = true;
             drop(state);
             let result = (&self.file)
                 .write_all(&batch)
                 .map_err(|e| ("write", e))
                 .and_then(|()| self.file.sync_data().map_err(|e| ("fsync", e)));
-            state = self.lock()?;
-            state.writing = false;
-            self.wake.notify_all();
+            state = match self.lock() {
+                Ok(state) => state,
+                Err(e) => {
+                    self.lock_lost(&e);
+                    return (Err(e), failure);
+                }
+            };
             match result {
                 Ok(()) => state.durable = upto,
                 Err((step, source)) => {
                     state.poisoned = Some(format!("{step} failed: {source}"));
-                    return Err(AuditError::Append { path: self.path.clone(), step, source });
+                    failure = Some(AuditError::Append { path: self.path.clone(), step, source });
                 }
             }
+            self.publish(&state);
         }
+        state.writing = false;
+        self.publish(&state);
+        (Ok(state), failure)
+    }
+
+    /// The state's mutex was poisoned (a thread panicked holding it): wakes every waiter, each of
+    /// which then fails to take the lock too and returns the error.
+    fn lock_lost(&self, e: &AuditError) {
+        tracing::error!(error = %e, "audit log: the writer cannot take the lock");
+        self.wake.notify_all();
+        self.durable.send_replace(Durable { seq: 0, poisoned: true });
+    }
+
+    /// Wakes every appender waiting on the log's progress.
+    fn publish(&self, state: &State) {
+        self.wake.notify_all();
+        self.durable.send_replace(Durable { seq: state.durable, poisoned: state.poisoned.is_some() });
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, AuditError> {
@@ -819,11 +917,55 @@ mod tests {
         assert_eq!(report.records, 800);
     }
 
+    /// Async appenders (many tasks) and sync appenders (threads) on one log at once: every record
+    /// gets its own `seq`, each is durable when its append returns (the file then holds at least
+    /// that many records), and the chain verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_and_sync_appends_group_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&path).unwrap());
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let (log, path) = (log.clone(), path.clone());
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..25 {
+                        let seq = log.append_async(&entry(t * 1000 + i)).await.unwrap();
+                        let lines = fs::read(&path).unwrap().iter().filter(|&&b| b == b'\n').count() as u64;
+                        assert!(lines >= seq, "seq {seq} returned with {lines} records in the file");
+                        seqs.push(seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..50).map(|i| log.append(&entry(90_000 + t * 100 + i)).unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = Vec::new();
+        for task in tasks {
+            seqs.extend(task.await.unwrap());
+        }
+        for thread in threads {
+            seqs.extend(thread.join().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=900).collect::<Vec<_>>());
+        assert_eq!(log.records(), 900);
+        drop(log);
+        assert_eq!(verify(&path).unwrap().records, 900);
+    }
+
+    /// A log whose every write fails: /dev/full accepts opens and fails every write with ENOSPC.
     #[cfg(target_os = "linux")]
-    #[test]
-    fn failed_write_poisons_the_log() {
-        // /dev/full accepts opens and fails every write with ENOSPC.
-        let log = AuditLog {
+    fn log_on_dev_full() -> AuditLog {
+        AuditLog {
             path: PathBuf::from("/dev/full"),
             file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
             state: Mutex::new(State {
@@ -835,9 +977,16 @@ mod tests {
                 poisoned: None,
             }),
             wake: Condvar::new(),
+            durable: tokio::sync::watch::Sender::new(Durable { seq: 0, poisoned: false }),
             answered: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
-        };
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn failed_write_poisons_the_log() {
+        let log = log_on_dev_full();
         let first = log.append(&entry(0)).unwrap_err();
         assert!(matches!(first, AuditError::Append { step: "write", .. }), "{first}");
         assert!(first.to_string().contains("write failed: No space left on device"), "{first}");
@@ -846,5 +995,26 @@ mod tests {
             matches!(&next, AuditError::Poisoned { reason, .. } if reason.starts_with("write failed")),
             "{next}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_write_poisons_async_appends() {
+        let log = Arc::new(log_on_dev_full());
+        let appends: Vec<_> = (0..8)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append_async(&entry(i)).await })
+            })
+            .collect();
+        for append in appends {
+            let e = append.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, AuditError::Poisoned { reason, .. } if reason.starts_with("write failed: No space left")),
+                "{e}"
+            );
+        }
+        assert!(matches!(log.append(&entry(9)).unwrap_err(), AuditError::Poisoned { .. }));
+        assert_eq!(log.records(), 0);
     }
 }

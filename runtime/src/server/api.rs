@@ -140,12 +140,7 @@ async fn audited(
     result: ApiResult<Reply>,
 ) -> Response {
     let model = metrics_label(&entry);
-    let state2 = state.clone();
-    let result = tokio::task::spawn_blocking(move || audit_now(&state2, entry, result))
-        .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("audit task failed: {e}")))
-        });
+    let result = audit_now(state, entry, result).await;
     respond(state, endpoint, started, model, result)
 }
 
@@ -155,9 +150,13 @@ fn metrics_label(entry: &AuditEntry) -> String {
     entry.version.as_ref().and(entry.model.clone()).unwrap_or_default()
 }
 
-/// Appends the request's audit record (blocking until it is durable) and returns the answer to
-/// give: `result`, or 503 if the log could not take the record.
-fn audit_now(state: &AppState, mut entry: AuditEntry, result: ApiResult<Reply>) -> ApiResult<Reply> {
+/// Appends the request's audit record (resolving once it is durable, without holding a thread)
+/// and returns the answer to give: `result`, or 503 if the log could not take the record.
+async fn audit_now(
+    state: &Arc<AppState>,
+    mut entry: AuditEntry,
+    result: ApiResult<Reply>,
+) -> ApiResult<Reply> {
     match &result {
         Ok(reply) => {
             entry.outcome = "ok".into();
@@ -165,7 +164,7 @@ fn audit_now(state: &AppState, mut entry: AuditEntry, result: ApiResult<Reply>) 
         }
         Err(e) => entry.outcome = format!("{} {}", e.status.as_u16(), e.message),
     }
-    match state.audit.append(&entry) {
+    match state.audit.append_async(&entry).await {
         Ok(_) => {
             state.metrics.audit_records.inc();
             result
@@ -497,9 +496,9 @@ async fn kserve_infer(
     .await
 }
 
-/// Answers on one blocking thread: `work` (the model run and the encoding, given the audit
-/// entry to note what it did), then the durable audit record. The query budget is charged only
-/// for an answered request.
+/// Answers: `work` (the model run and the encoding, given the audit entry to note what it did)
+/// on a blocking thread, then the durable audit record. The query budget is charged only for an
+/// answered request.
 async fn answer_audited(
     state: &Arc<AppState>,
     entry: &mut AuditEntry,
@@ -507,14 +506,15 @@ async fn answer_audited(
     work: impl FnOnce(&AppState, &mut AuditEntry) -> ApiResult<Reply> + Send + 'static,
 ) -> ApiResult<Audited> {
     let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
-    let result = tokio::task::spawn_blocking(move || {
+    let (entry, result) = tokio::task::spawn_blocking(move || {
         let result = work(&state2, &mut entry);
-        audit_now(&state2, entry, result)
+        (entry, result)
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}")))
-    });
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"))
+    })?;
+    let result = audit_now(state, entry, result).await;
     if result.is_ok() {
         budget.commit();
     }

@@ -88,7 +88,7 @@ pub struct AppState {
     /// Signed-reading verification.
     pub verifier: ReadingVerifier,
     /// Every inference request, accepted or refused, is recorded here before it is answered.
-    pub audit: crate::audit::AuditLog,
+    pub audit: Arc<crate::audit::AuditLog>,
     /// Client tokens.
     pub auth: Authenticator,
     /// Rate limits, budgets and queues.
@@ -139,7 +139,7 @@ pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppSta
         return Err(ServeError::NoAuthOnNetwork(config.listen));
     }
     let verifier = ReadingVerifier::open(runtime.state_dir(), config.freshness)?;
-    let audit = crate::audit::AuditLog::open(runtime.state_dir().join("audit.log"))?;
+    let audit = Arc::new(crate::audit::AuditLog::open(runtime.state_dir().join("audit.log"))?);
     let limits = Limits::new(config.limits, audit.answered_queries());
     // Readings' counters are durable in their audit records (the counter log is written without
     // a sync): a counter the log missed before a crash comes back from there.

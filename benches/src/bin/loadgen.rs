@@ -1,7 +1,8 @@
 //! A bounded loopback load generator for `warden serve`: a fixed number of KServe v2 inference
 //! requests (or, with `--readings`, signed sensor readings to `/v1/readings`) over C concurrent
-//! keep-alive HTTP/1.1 connections, then throughput, latency percentiles, status counts, and the
-//! CPU time the load generator and the daemon each used.
+//! keep-alive HTTP/1.1 connections, then throughput, latency percentiles, status counts, the
+//! CPU time the load generator and the daemon each used, and the machine's idle time and the time
+//! its hypervisor stole from it.
 //!
 //! ```sh
 //! cargo build --release -p warden --bin warden -p warden-benches --bin loadgen
@@ -127,6 +128,18 @@ fn cpu_seconds(pid: &str, ticks_per_second: f64) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / ticks_per_second)
+}
+
+/// The whole machine's idle (idle + iowait) and stolen time so far, in seconds summed over its
+/// CPUs, from the first line of `/proc/stat`. Steal is time the hypervisor ran something else
+/// while a virtual CPU wanted to run.
+fn machine_idle_and_steal(ticks_per_second: f64) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0.0)).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((idle / ticks_per_second, fields.get(7)? / ticks_per_second))
 }
 
 fn clock_ticks() -> f64 {
@@ -486,6 +499,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     let daemon_pid_s = daemon_pid.map(|p| p.to_string());
     let daemon_cpu0 = daemon_pid_s.as_deref().and_then(|p| cpu_seconds(p, ticks));
     let self_cpu0 = cpu_seconds("self", ticks);
+    let machine0 = machine_idle_and_steal(ticks);
     let remaining = Arc::new(AtomicU64::new(o.total));
     let deadline_hit = Arc::new(AtomicBool::new(false));
     let unreachable = Arc::new(AtomicBool::new(false));
@@ -572,6 +586,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     let wall = t0.elapsed().as_secs_f64();
     let self_cpu = self_cpu0.and_then(|c0| cpu_seconds("self", ticks).map(|c| c - c0));
     let daemon_cpu = daemon_cpu0.and_then(|c0| cpu_seconds(daemon_pid_s.as_deref()?, ticks).map(|c| c - c0));
+    let machine = machine0.and_then(|(i0, s0)| machine_idle_and_steal(ticks).map(|(i, s)| (i - i0, s - s0)));
+    let (idle_cpu, steal_cpu) = (machine.map(|m| m.0), machine.map(|m| m.1));
 
     let mut r = std::mem::take(&mut *results.lock().unwrap());
     r.latencies_us.sort_unstable();
@@ -595,7 +611,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
         println!(
             "{{\"target\":\"{base}\",\"model\":\"{}\",\"requests\":{},\"connections\":{},\"wall_s\":{wall:.3},\"requests_per_s\":{rps:.1},\
 \"latency_ms\":{{\"mean\":{mean:.3},\"p50\":{p50:.3},\"p90\":{p90:.3},\"p99\":{p99:.3},\"max\":{max:.3}}},\
-\"statuses\":{{{}}},\"errors\":{},\"loadgen_cpu_s\":{},\"loadgen_cores\":{},\"daemon_cpu_s\":{},\"daemon_cores\":{},\"deadline_hit\":{},\"unreachable\":{}}}",
+\"statuses\":{{{}}},\"errors\":{},\"loadgen_cpu_s\":{},\"loadgen_cores\":{},\"daemon_cpu_s\":{},\"daemon_cores\":{},\"idle_cores\":{},\"steal_cores\":{},\"deadline_hit\":{},\"unreachable\":{}}}",
             o.model,
             r.latencies_us.len(),
             o.connections,
@@ -605,6 +621,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             opt(cores(self_cpu)),
             opt(daemon_cpu),
             opt(cores(daemon_cpu)),
+            opt(cores(idle_cpu)),
+            opt(cores(steal_cpu)),
             deadline_hit.load(Ordering::Relaxed),
             unreachable.load(Ordering::Relaxed),
         );
@@ -627,6 +645,12 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             opt(daemon_cpu),
             opt(cores(daemon_cpu)),
             if daemon_pid.is_none() { "  (pass --pid for the daemon's)" } else { "" }
+        );
+        println!(
+            "machine     {} CPUs: idle {} cores, stolen by the hypervisor {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            opt(cores(idle_cpu)),
+            opt(cores(steal_cpu)),
         );
         if unreachable.load(Ordering::Relaxed) {
             println!(

@@ -1,35 +1,38 @@
 //! Matrix products whose tiles the host's kernels run every way the guest sends them
 //! (`guest/wasm/src/kernels.rs`, `HostMmm`): rows of tiles, columns of tiles (pointwise
 //! convolutions with few output channels over many positions), a partial last row of tiles
-//! after two or more full rows (a row per call, through padded copies) or after one (tract's
-//! way), products smaller than a tile, and tile by tile. Models: `tests/fixtures/products/`,
+//! after two or more full rows (a row per call, through padded copies), products smaller than a
+//! tile, and tile by tile. (A partial last row after a single full row goes tract's way; no
+//! shape tried reaches it with the AMD EPYC machine's kernel picks: benches/README.md, "The
+//! one-full-row case".) Models: `tests/fixtures/products/`,
 //! made by its `make_products.py`. Batched, the outputs are bit for bit those of one tile per
 //! host call, and they match native tract's.
 
 use warden::DType;
 use warden_tests::{TestPublisher, assert_close, builder, manifest, root};
 
-/// The fixtures: name, input shape, output shape.
+/// The fixtures, as `make_products.py` names them: name, input shape, output shape.
 fn products() -> Vec<(String, Vec<u64>, Vec<u64>)> {
-    let convs = [
-        (16, 8, 12, 24),
-        (16, 8, 5, 7),
-        (16, 16, 12, 25),
-        (24, 40, 6, 9),
-        (8, 24, 10, 30),
-        (16, 40, 3, 7),
-        (16, 64, 3, 4),
-        (16, 96, 4, 5),
-        (16, 64, 5, 6),
-    ];
-    let matmuls = [(8, 32, 20), (24, 32, 28), (48, 32, 40), (6, 64, 100), (40, 16, 300)];
-    let mut all = Vec::new();
-    for (cin, cout, h, w) in convs {
-        all.push((format!("conv_{cin}_{cout}_{h}x{w}"), vec![1, cin, h, w], vec![1, cout, h, w]));
-    }
-    for (rows, k, n) in matmuls {
-        all.push((format!("matmul_{rows}_{k}_{n}"), vec![rows, k], vec![rows, n]));
-    }
+    let dir = root().join("tests/fixtures/products");
+    let mut all: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".onnx").map(str::to_owned))
+        .map(|name| {
+            let dims: Vec<u64> = name
+                .split(['_', 'x'])
+                .skip(1)
+                .map(|d| d.parse().unwrap_or_else(|_| panic!("{name}")))
+                .collect();
+            let (input, output) = match (name.split('_').next(), dims.as_slice()) {
+                (Some("conv"), &[cin, cout, h, w]) => (vec![1, cin, h, w], vec![1, cout, h, w]),
+                (Some("matmul"), &[rows, k, n]) => (vec![rows, k], vec![rows, n]),
+                _ => panic!("fixture {name} is named neither conv_CIN_COUT_HxW nor matmul_ROWS_K_N"),
+            };
+            (name, input, output)
+        })
+        .collect();
+    all.sort();
+    assert!(all.len() >= 14, "{} fixtures in {}", all.len(), dir.display());
     all
 }
 

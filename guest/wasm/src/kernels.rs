@@ -372,14 +372,14 @@ impl HostMmm {
         // A call per row of tiles, or per column for a product narrower than it is tall (a
         // channel-last pointwise convolution with few output channels: 1 or 2 columns of
         // tiles, hundreds of rows).
-        let lines = if cols >= rows {
-            (0..rows).map(|row| (row, 0)).collect::<Vec<_>>()
-        } else {
-            (0..cols).map(|col| (0, col)).collect()
-        };
-        let (along, len) = if cols >= rows { (&right, cols) } else { (&down, rows) };
-        for (i, (row, col)) in lines.into_iter().enumerate() {
-            at(&mut ops, row, col);
+        let by_rows = cols >= rows;
+        let (along, len, lines) = if by_rows { (&right, cols, rows) } else { (&down, rows, cols) };
+        for i in 0..lines {
+            if by_rows {
+                at(&mut ops, i, 0)
+            } else {
+                at(&mut ops, 0, i)
+            }
             if !self.run_line(&ops, along, len, i == 0)? {
                 return Ok(None);
             }
@@ -453,7 +453,10 @@ impl HostMmm {
         }
         let tile_len = mr * nr;
         let mut tiles = vec![0f32; tile_len * cols];
-        let mut padded: Vec<Vec<f32>> = Vec::new();
+        // The per-row operands' padded copies, `mr` values each, at most one per op: allocated
+        // once, so the addresses written into `ops` stay valid until the call.
+        let mut padded = vec![0f32; first.count * mr];
+        let mut copies = padded.chunks_exact_mut(mr);
         let mut c = None;
         for (w, r) in
             ops.words[..live].chunks_exact_mut(WORDS_PER_OP).zip(step.words.chunks_exact_mut(WORDS_PER_OP))
@@ -466,10 +469,9 @@ impl HostMmm {
                     // SAFETY: tract's per-row operand holds `m` values; this row's start, at
                     // `rows * mr`, is followed by `height` of them.
                     let values = unsafe { std::slice::from_raw_parts(w[1] as usize as *const f32, height) };
-                    let mut copy = vec![0f32; mr];
+                    let Some(copy) = copies.next() else { bail!("more per-row ops than ops") };
                     copy[..height].copy_from_slice(values);
                     w[1] = word(copy.as_ptr());
-                    padded.push(copy);
                 }
                 op::STORE => {
                     if w[4] != 4 || c.is_some() {
@@ -504,6 +506,7 @@ impl HostMmm {
                 }
             }
         }
+        drop(copies);
         drop(padded);
         Ok(true)
     }

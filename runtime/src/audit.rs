@@ -39,12 +39,12 @@
 //!   a record is durable before `append` returns, so a caller can append, then answer.
 //! - Group commit: appenders queue their serialized records under a mutex; whichever appender
 //!   finds no write in progress becomes the writer: it writes everything queued with one `write`
-//!   and one `sync_data`, wakes the others, whose records that write covered, and goes on with
-//!   what was queued meanwhile until the queue is empty. So `n` concurrent appends cost about one
-//!   fsync, not `n`.
-//! - [`AuditLog::append_async`] is the same for async callers (the daemon): its writer runs on
-//!   Tokio's blocking pool and its waiters hold no thread, so a request waiting for its record
-//!   does not park a thread on the mutex and condition variable, and is woken by a watch channel.
+//!   and one `sync_data` and wakes the others, whose records that write covered. So `n`
+//!   concurrent appends cost about one fsync, not `n`.
+//! - [`AuditLog::append_async`] is the same for async callers (the daemon), whose waiters hold no
+//!   thread: they are woken by a watch channel, not the condition variable. Their writer runs on
+//!   Tokio's blocking pool and goes on, batch after batch, until the queue is empty; a sync
+//!   writer goes on until the async records queued before it stops are durable too.
 //! - If a write or an fsync fails, the log is poisoned: the appends covered by that write and every
 //!   later append return an error, because the file may or may not hold those records (after a
 //!   failed fsync the kernel may have dropped the dirty pages). A record is never reported durable
@@ -407,6 +407,9 @@ struct State {
     durable: u64,
     /// A leader is writing (outside the lock).
     writing: bool,
+    /// `seq` of the last record queued by [`AuditLog::append_async`] (0 for none): a sync
+    /// writer goes on until it is durable, since no async appender writes while it does.
+    async_queued: u64,
     /// Set for good by the first failed write or fsync.
     poisoned: Option<String>,
 }
@@ -485,6 +488,7 @@ impl AuditLog {
             queue: Vec::new(),
             durable: scan.records,
             writing: false,
+            async_queued: 0,
             poisoned: None,
         };
         Ok(AuditLog {
@@ -528,22 +532,21 @@ impl AuditLog {
     pub fn append(&self, entry: &AuditEntry) -> Result<u64, AuditError> {
         let mut state = self.lock()?;
         let seq = self.enqueue(&mut state, entry)?;
-        let mut failure = None;
-        if !state.writing {
-            state.writing = true;
-            let (next, failed) = self.drain(state);
-            state = next?;
-            failure = failed;
-        }
         loop {
             if state.durable >= seq {
                 return Ok(seq);
             }
-            if let Some(e) = failure {
+            self.check_poison(&state)?;
+            if state.writing {
+                state = self.wake.wait(state).map_err(|_| self.mutex_poisoned())?;
+                continue;
+            }
+            state.writing = true;
+            let (next, failure) = self.drain(state, Some(seq));
+            state = next?;
+            if let Some(e) = failure.filter(|_| state.durable < seq) {
                 return Err(e);
             }
-            self.check_poison(&state)?;
-            state = self.wake.wait(state).map_err(|_| self.mutex_poisoned())?;
         }
     }
 
@@ -560,11 +563,12 @@ impl AuditLog {
         let seq = {
             let mut state = self.lock()?;
             let seq = self.enqueue(&mut state, entry)?;
+            state.async_queued = seq;
             if !state.writing {
                 state.writing = true;
                 let log = Arc::clone(self);
                 tokio::task::spawn_blocking(move || match log.lock() {
-                    Ok(state) => drop(log.drain(state)),
+                    Ok(state) => drop(log.drain(state, None)),
                     Err(e) => log.lock_lost(&e),
                 });
             }
@@ -612,14 +616,22 @@ impl AuditLog {
 
     /// The writer (the caller set `writing`): writes and syncs the queue, batch after batch,
     /// outside the lock, until it is empty or the log is poisoned; after each batch it wakes the
-    /// waiting appenders, sync and async. Returns the lock (taken again) and the failure of the
-    /// batch that poisoned the log, if one did.
+    /// waiting appenders, sync and async. A sync appender (`until` its own record) stops once its
+    /// record and every async appender's queued so far are durable, as before async appenders
+    /// existed: the sync appenders still waiting take over, one batch each. Returns the lock
+    /// (taken again) and the failure of the batch that poisoned the log, if one did.
     fn drain<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
+        until: Option<u64>,
     ) -> (Result<MutexGuard<'a, State>, AuditError>, Option<AuditError>) {
         let mut failure = None;
-        while !state.queue.is_empty() && state.poisoned.is_none() {
+        let more = |state: &State| {
+            !state.queue.is_empty()
+                && state.poisoned.is_none()
+                && until.is_none_or(|seq| state.durable < seq || state.async_queued > state.durable)
+        };
+        while more(&state) {
             let batch = std::mem::take(&mut state.queue);
             let upto = state.next_seq - 1;
             drop(state);
@@ -974,6 +986,7 @@ mod tests {
                 queue: Vec::new(),
                 durable: 0,
                 writing: false,
+                async_queued: 0,
                 poisoned: None,
             }),
             wake: Condvar::new(),

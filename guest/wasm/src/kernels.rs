@@ -435,15 +435,19 @@ impl HostMmm {
     /// rows are then copied into C (as tract's `set_from_tile` does per tile). The kernel sees
     /// the same operands as tract's border tiles, so the values are the same. `false` (nothing
     /// ran) for an op this cannot redirect: a unicast add, a tile load or row-and-column
-    /// products, which read operands past `m`.
+    /// products, which read operands past `m`; also for no partial row, for fewer than three
+    /// tiles (the copies and buffers cost about what the calls they save do), and after a
+    /// single full row (the step down is captured only between two full rows: with one it is
+    /// zeros, and the last row's op list would be the first row's).
     ///
     /// # Safety
     /// `steps` are [`HostMmm::full_tiles`]'s for this product, whose C is still alive.
     unsafe fn border_row(&self, m: usize, n: usize, steps: &Steps) -> TractResult<bool> {
         let (mr, nr) = (self.0.mr, self.0.nr);
         let (rows, cols, height) = (m / mr, n / nr, m % mr);
-        // The last row is stepped from the first by `down`, captured only with two full rows.
-        ensure!(rows >= 2, "a partial last row needs the step between two full rows");
+        if height == 0 || cols < 3 || rows < 2 {
+            return Ok(false);
+        }
         let Steps { first, down, right } = steps;
         let live = first.count * WORDS_PER_OP;
         let mut ops = *first;
@@ -506,7 +510,6 @@ impl HostMmm {
                 }
             }
         }
-        drop(copies);
         drop(padded);
         Ok(true)
     }
@@ -530,14 +533,8 @@ impl HostMmm {
             scratch.prepare(&self.0, m, n, specs)?;
             let steps = self.full_tiles(m, n, scratch, specs)?;
             let border = match &steps {
-                // From three tiles on, as for the full rows: the copies and buffers cost about
-                // what the calls they save do.
-                // Only with a step down captured (two full rows or more): with one, `down` is
-                // zeros, and the last row's op list would be the first row's.
-                Some(steps) if !m.is_multiple_of(mr) && m / mr >= 2 && n / nr >= 3 => {
-                    self.border_row(m, n, steps)?
-                }
-                _ => false,
+                Some(steps) => self.border_row(m, n, steps)?,
+                None => false,
             };
             let (rows, cols) = (m / mr, n / nr);
             for down in 0..m.div_ceil(mr) {

@@ -506,18 +506,18 @@ async fn answer_audited(
     work: impl FnOnce(&AppState, &mut AuditEntry) -> ApiResult<Reply> + Send + 'static,
 ) -> ApiResult<Audited> {
     let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
-    // If the task panics, the request is audited (and answered 500) with what it noted before.
-    let noted = entry.clone();
     let (entry, result) = tokio::task::spawn_blocking(move || {
-        let result = work(&state2, &mut entry);
+        // A panic is answered 500 and audited with what the request noted before it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&state2, &mut entry)))
+            .unwrap_or_else(|_| {
+                Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", "inference task panicked"))
+            });
         (entry, result)
     })
     .await
-    .unwrap_or_else(|e| {
-        let failed =
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"));
-        (noted, Err(failed))
-    });
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"))
+    })?;
     let result = audit_now(state, entry, result).await;
     if result.is_ok() {
         budget.commit();

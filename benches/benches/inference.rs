@@ -1,5 +1,6 @@
 //! Per-inference latency: Warden's sandbox (the library path: validation, wasm guest, output
-//! checks) against native tract running the same engine code, on every model with a fixture.
+//! checks; blocking, and from a task) against native tract running the same engine code, on
+//! every model with a fixture.
 //!
 //! `cargo bench -p warden-benches --bench inference`
 #![forbid(unsafe_code)]
@@ -67,6 +68,11 @@ fn inference(c: &mut Criterion) {
         native.join().unwrap();
         group.bench_function(BenchmarkId::new("warden_sandbox", &fixture.model), |b| {
             b.iter(|| model.infer(inputs.clone()).unwrap())
+        });
+        // The daemon's path: from a task, the guest call made on wasmtime's fiber stack.
+        let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        group.bench_function(BenchmarkId::new("warden_sandbox_async", &fixture.model), |b| {
+            b.iter(|| tokio.block_on(model.infer_async(inputs.clone())).unwrap())
         });
     }
     group.finish();

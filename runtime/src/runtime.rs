@@ -8,7 +8,7 @@ use warden_wire::manifest::Manifest;
 
 use crate::error::{Error, Result, SandboxError};
 use crate::policy::{DEFAULT_MAX_INPUT_BYTES, apply_output_policy, check_outputs, validate_inputs};
-use crate::sandbox::{CompileOutcome, GuestInstance, Sandbox, SandboxConfig};
+use crate::sandbox::{Calls, CompileOutcome, GuestInstance, Sandbox, SandboxConfig};
 use crate::tensor::Tensor;
 use crate::trust::{KeyId, TrustStore, VerifiedBundle, VersionLedger, verify_bundle};
 
@@ -37,6 +37,7 @@ pub struct RuntimeBuilder {
     relaxed_simd: bool,
     native_kernels: bool,
     tile_batches: bool,
+    async_calls: bool,
     guest: Option<Arc<[u8]>>,
     progress: Option<ProgressFn>,
 }
@@ -160,6 +161,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Make guest calls on wasmtime's fiber stacks, so that [`Model::infer_async`] runs a model
+    /// in the calling task (yielding to the executor at every epoch tick) rather than handing it
+    /// to tokio's blocking pool. For servers that answer from async tasks, as `warden serve`
+    /// does. By default `false`: a blocking [`Model::infer`] then costs about 1 us less.
+    pub fn async_calls(mut self, on: bool) -> Self {
+        self.async_calls = on;
+        self
+    }
+
     /// Run this guest module instead of the one built in (for comparing guest builds).
     pub fn guest_module(mut self, wasm: impl Into<Arc<[u8]>>) -> Self {
         self.guest = Some(wasm.into());
@@ -188,6 +198,7 @@ impl RuntimeBuilder {
             relaxed_simd: self.relaxed_simd,
             native_kernels: self.native_kernels,
             tile_batches: self.tile_batches,
+            async_calls: self.async_calls,
             ..SandboxConfig::default()
         };
         let progress = self.progress.clone();
@@ -248,6 +259,7 @@ impl Runtime {
             relaxed_simd: false,
             native_kernels: true,
             tile_batches: true,
+            async_calls: false,
             guest: None,
             progress: None,
         }
@@ -390,6 +402,26 @@ impl ModelInner {
         }
     }
 
+    /// An idle instance, if there is one: never waits for one, nor loads one.
+    fn try_acquire_idle(&self) -> Option<GuestInstance> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle.pop()
+    }
+
+    /// Runs the inputs on `instance` (taken from this pool) and gives it back: to the idle ones
+    /// unless the sandbox stopped it.
+    async fn run(&self, mut instance: GuestInstance, inputs: &[Tensor]) -> Result<Vec<Tensor>, SandboxError> {
+        let mut slot = Slot { model: self, held: true };
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let result = instance.run(inputs, self.timeout).await;
+        let healthy = match &result {
+            Ok(_) | Err(SandboxError::Guest { .. }) => true,
+            Err(_) => false,
+        };
+        slot.held = false;
+        self.release(instance, healthy, false);
+        result
+    }
+
     fn release(&self, instance: GuestInstance, healthy: bool, fresh: bool) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if fresh {
@@ -409,6 +441,23 @@ impl ModelInner {
         drop(pool);
         if wake {
             self.freed.notify_one();
+        }
+    }
+}
+
+/// A run's place in its model's pool, given up if the run is dropped midway (a yielding run
+/// whose task was cancelled): the instance, stopped in the middle of a call, goes with it.
+struct Slot<'a> {
+    model: &'a ModelInner,
+    held: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let mut pool = self.model.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.live -= 1;
+            self.model.unlock_and_wake(pool);
         }
     }
 }
@@ -459,18 +508,52 @@ impl Model {
     /// Validates the inputs against the manifest, runs the model in the sandbox, checks its
     /// outputs against the manifest and applies the output policy.
     pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let inner = &self.inner;
-        let manifest = &inner.bundle.manifest;
-        let inputs = validate_inputs(manifest, inputs, inner.max_input_bytes)?;
-        let mut instance = inner.acquire()?;
-        inner.runs.fetch_add(1, Ordering::Relaxed);
-        let result = instance.run(&inputs, inner.timeout);
-        let healthy = match &result {
-            Ok(_) | Err(SandboxError::Guest { .. }) => true,
-            Err(_) => false,
+        let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
+        self.run_blocking(&inputs)
+    }
+
+    /// [`Model::infer`] for a task of a [tokio] runtime, without handing the run to another
+    /// thread when it need not be.
+    ///
+    /// With [`RuntimeBuilder::async_calls`] on, a model with an idle instance runs in this
+    /// task, and its guest call yields to the executor at every epoch tick (5 ms): a long or
+    /// hostile model holds an executor thread for one tick at a time, and is stopped at its
+    /// deadline all the same. Otherwise (or with no instance idle) the run, with the wait for
+    /// an instance or the load of a new one, goes to tokio's blocking pool; outside a tokio
+    /// runtime it blocks the caller, as [`Model::infer`] does. Dropping the future stops a run
+    /// in this task and discards its instance.
+    pub async fn infer_async(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
+        let idle = match self.inner.sandbox.calls() {
+            Calls::Yielding => self.inner.try_acquire_idle(),
+            // A blocking guest call would hold this task's thread until its deadline.
+            Calls::Blocking => None,
         };
-        inner.release(instance, healthy, false);
-        let outputs = result?;
+        let Some(instance) = idle else {
+            let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+                return self.run_blocking(&inputs);
+            };
+            let model = self.clone();
+            return match tokio.spawn_blocking(move || model.run_blocking(&inputs)).await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(SandboxError::Trap(format!("the model's run was cancelled: {e}")).into()),
+            };
+        };
+        let outputs = self.inner.run(instance, &inputs).await?;
+        self.checked(outputs)
+    }
+
+    /// Runs validated inputs on this thread, waiting for an instance if none is idle.
+    fn run_blocking(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let instance = self.inner.acquire()?;
+        let outputs = instance.calls().finish(self.inner.run(instance, inputs))?;
+        self.checked(outputs)
+    }
+
+    /// The guest's outputs checked against the manifest, with the output policy applied.
+    fn checked(&self, outputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let manifest = self.manifest();
         let mut outputs = check_outputs(manifest, outputs).map_err(Error::Output)?;
         apply_output_policy(&manifest.output_policy, &mut outputs);
         Ok(outputs)

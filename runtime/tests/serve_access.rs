@@ -466,10 +466,13 @@ fn full_queue_answers_503_and_device_rate_limit_keeps_the_counter() {
         warden::wire::provision::KeyBlob::parse(&std::fs::read(dir.path().join("board-1.keyblob")).unwrap())
             .unwrap();
 
+    // One worker thread: the slow run on the idle instance runs in its request's task there,
+    // and must leave the worker to the other requests at every epoch tick.
     let daemon = Serve::new(&state, &repo, &trust)
-        .args(["--queue-depth", "0", "--device-readings-per-minute", "60"])
+        .args(["--queue-depth", "0", "--device-readings-per-minute", "60", "--worker-threads", "1"])
         .start();
     let instances = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sent = std::time::Instant::now();
     let x =
         json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}]}).to_string();
     let busy: Vec<_> = (0..instances)
@@ -483,6 +486,8 @@ fn full_queue_answers_503_and_device_rate_limit_keeps_the_counter() {
     assert_eq!(r.status, 503, "{}", r.error());
     assert!(r.error().contains("queue is full"), "{}", r.error());
     assert_eq!(r.header("retry-after"), Some("1"));
+    // Well before the slow runs' 2 s deadline: the worker was not held by them.
+    assert!(sent.elapsed() < Duration::from_millis(1800), "answered only after {:?}", sent.elapsed());
     for t in busy {
         assert_eq!(t.join().unwrap(), 504, "the slow model ends at its deadline");
     }

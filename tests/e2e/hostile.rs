@@ -19,13 +19,24 @@ pub(crate) struct Harness {
 }
 
 impl Harness {
+    /// A runtime with blocking guest calls, the library's default.
     pub(crate) fn new() -> Harness {
+        Harness::with_calls(false)
+    }
+
+    /// A runtime whose guest calls can be made from async tasks, as `warden serve`'s.
+    pub(crate) fn yielding() -> Harness {
+        Harness::with_calls(true)
+    }
+
+    fn with_calls(async_calls: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let publisher = TestPublisher::new(dir.path());
         let runtime = builder(&dir.path().join("state"), &publisher.trust)
             .load_timeout(LOAD_TIMEOUT)
             .timeout(RUN_TIMEOUT)
             .memory_limit(256 << 20)
+            .async_calls(async_calls)
             .build()
             .unwrap();
         Harness { dir, publisher, runtime }
@@ -74,6 +85,66 @@ fn model_that_computes_for_minutes_is_interrupted_at_the_run_deadline() {
     let (again, _) = timed(|| model.infer(vec![Tensor::from_f32("x", &[1, 1], &[0.25])]));
     assert!(matches!(again, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{again:?}");
     h.still_serves();
+}
+
+/// From an async task, an endless model yields to the executor at every epoch tick: on a
+/// single-threaded runtime, another task keeps running beside it, and it still ends at its
+/// deadline.
+#[test]
+fn model_run_from_an_async_task_yields_to_others_and_ends_at_its_deadline() {
+    let h = Harness::yielding();
+    let model = h.load_hostile("slow_matmul_chain.onnx", &[1, 1], &[1, 1]).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let (result, took, ticks) = tokio.block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let start = Instant::now();
+        let result = model.infer_async(vec![Tensor::from_f32("x", &[1, 1], &[0.5])]).await;
+        let took = start.elapsed();
+        ticker.abort();
+        (result, took, ticks.load(std::sync::atomic::Ordering::Relaxed))
+    });
+    assert!(matches!(result, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{result:?}");
+    assert!(took < RUN_TIMEOUT + SLACK, "interrupted only after {took:?}");
+    // 10 ms ticks through a 2 s run: a run that held the thread would let none through.
+    assert!(ticks >= 20, "the other task ran {ticks} times in {took:?}");
+    h.still_serves();
+}
+
+/// A run from an async task that is dropped midway (its task cancelled, say, by a client that
+/// hung up) gives its place in the model's pool back: with one instance per model, the next
+/// call still gets one, and ends at its own deadline.
+#[test]
+fn a_dropped_async_run_gives_its_instance_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let runtime = builder(&dir.path().join("state"), &publisher.trust)
+        .timeout(RUN_TIMEOUT)
+        .instances_per_model(1)
+        .async_calls(true)
+        .build()
+        .unwrap();
+    let bytes = std::fs::read(root().join("tests/fixtures/hostile/slow_matmul_chain.onnx")).unwrap();
+    let m = manifest("slow", &[("x", DType::F32, &[1, 1])], &[("y", DType::F32, &[1, 1])]);
+    let model = runtime.load_bundle(publisher.bundle(&dir.path().join("repo"), &m, &bytes)).unwrap();
+    let x = || vec![Tensor::from_f32("x", &[1, 1], &[0.5])];
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
+    let (cut, next) = tokio.block_on(async {
+        let cut = tokio::time::timeout(Duration::from_millis(100), model.infer_async(x())).await;
+        let next = tokio::time::timeout(RUN_TIMEOUT + SLACK, model.infer_async(x())).await;
+        (cut, next)
+    });
+    tokio.shutdown_background();
+    assert!(cut.is_err(), "the first run was not cut: {cut:?}");
+    let next = next.expect("the next run found no instance");
+    assert!(matches!(next, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{next:?}");
+    assert_eq!(model.sandbox_runs(), 2);
 }
 
 #[test]
@@ -149,6 +220,25 @@ fn gigabyte_tensors_hit_the_memory_cap_at_load_and_at_run() {
         assert!(
             matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20),
             "{result:?}"
+        );
+    }
+    h.still_serves();
+}
+
+/// The same bomb in a runtime whose guest calls are made on fibers (the guest's allocation
+/// failure goes through WASI's stderr, whose functions are then the async ones): refused at
+/// the cap from a task and from a blocking call alike.
+#[test]
+fn memory_bomb_hits_the_cap_in_a_task_and_in_a_blocking_call_of_a_yielding_runtime() {
+    let h = Harness::yielding();
+    let model = h.load_hostile("memory_bomb_run.onnx", &[1, 1], &[1, 1]).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for call in ["task", "blocking", "task"] {
+        let x = vec![Tensor::from_f32("x", &[1, 1], &[1.0])];
+        let result = if call == "task" { tokio.block_on(model.infer_async(x)) } else { model.infer(x) };
+        assert!(
+            matches!(result, Err(Error::Sandbox(SandboxError::MemoryCap(cap))) if cap == 256 << 20),
+            "{call}: {result:?}"
         );
     }
     h.still_serves();

@@ -1,7 +1,9 @@
 //! The generated hostile-model corpus (`tests/hostile/make_hostile.py`): structural attacks on the
 //! parser, analyser and optimizer, and rebuilt replays of published tract crash inputs. Each ends
 //! as a typed error within its deadline (or, for the replays that are valid models, as a correct
-//! run), and the same runtime then still serves a good model.
+//! run), and the same runtime then still serves a good model. The runtime is set up as
+//! `warden serve`'s (guest calls on fibers), and each model that loads is run both from an async
+//! task and from a blocking call.
 
 use warden::{Error, GuestErrorKind, SandboxError, Tensor};
 
@@ -16,8 +18,9 @@ enum Outcome {
 }
 
 /// Signs `file` with a manifest `x: f32 input -> y: f32 output`, loads it, and if it loads runs it
-/// once (x = 0.5 everywhere). Both steps must end within their deadline (plus slack for a loaded
-/// machine); then the runtime must still serve the digits model.
+/// (x = 0.5 everywhere) from a blocking call and from an async task, which must end alike. Each
+/// step must end within its deadline (plus slack for a loaded machine); then the runtime must
+/// still serve the digits model.
 fn attack(h: &Harness, file: &str, input: &[u64], output: &[u64]) -> Outcome {
     let (loaded, took) = timed(|| h.load_hostile(file, input, output));
     assert!(took < LOAD_TIMEOUT + SLACK, "{file}: the load ended only after {took:?}");
@@ -26,12 +29,17 @@ fn attack(h: &Harness, file: &str, input: &[u64], output: &[u64]) -> Outcome {
         Ok(model) => {
             let n: u64 = input.iter().product();
             let x = Tensor::from_f32("x", input, &vec![0.5; n as usize]);
-            let (ran, took) = timed(|| model.infer(vec![x]));
+            let (ran, took) = timed(|| model.infer(vec![x.clone()]));
             assert!(took < RUN_TIMEOUT + SLACK, "{file}: the run ended only after {took:?}");
-            match ran {
+            let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (in_task, took) = timed(|| tokio.block_on(model.infer_async(vec![x])));
+            assert!(took < RUN_TIMEOUT + SLACK, "{file}: the run in a task ended only after {took:?}");
+            let [ran, in_task] = [ran, in_task].map(|r| match r {
                 Ok(outputs) => Outcome::Ran(outputs),
                 Err(e) => Outcome::RunRefused(e),
-            }
+            });
+            assert_eq!(describe(&ran), describe(&in_task), "{file}: blocking and in a task");
+            ran
         }
     };
     eprintln!("{file}: {}", describe(&outcome));
@@ -105,7 +113,7 @@ fn ran_to(file: &str, outcome: &Outcome, shape: &[u64], expected: Option<&[f32]>
 
 #[test]
 fn endless_and_exponential_models_stop_at_a_limit() {
-    let h = Harness::new();
+    let h = Harness::yielding();
     // tract 0.23.9 has no Loop operator: an endless Loop cannot start. (Endless computation in
     // operators tract does run is stopped by the deadline: hostile.rs, slow_matmul_chain.)
     let o = attack(&h, "endless_loop.onnx", &[1, 1], &[1, 1]);
@@ -129,7 +137,7 @@ fn endless_and_exponential_models_stop_at_a_limit() {
 
 #[test]
 fn tensors_whose_dims_data_or_types_lie_are_refused() {
-    let h = Harness::new();
+    let h = Harness::yielding();
     for (file, needles) in [
         ("dims_product_overflow.onnx", &["does not match shape", "is negative or too large"][..]),
         ("dims_negative.onnx", &["Negative dimension", "is negative or too large"]),
@@ -156,7 +164,7 @@ fn tensors_whose_dims_data_or_types_lie_are_refused() {
 
 #[test]
 fn missing_graph_and_missing_attributes_are_model_errors() {
-    let h = Harness::new();
+    let h = Harness::yielding();
     let o = attack(&h, "missing_graph.onnx", &[1, 1], &[1, 1]);
     model_error("missing_graph.onnx", &o, &["does not contain a graph"]);
     for (file, needle) in [
@@ -171,7 +179,7 @@ fn missing_graph_and_missing_attributes_are_model_errors() {
 
 #[test]
 fn deeply_nested_subgraphs_are_refused_by_the_decoder_or_run() {
-    let h = Harness::new();
+    let h = Harness::yielding();
     // Hundreds deep: the protobuf decoder's recursion limit (100 message levels) refuses them
     // before anything recurses over the graph.
     for file in ["nested_if_300.onnx", "nested_loop_300.onnx"] {
@@ -186,7 +194,7 @@ fn deeply_nested_subgraphs_are_refused_by_the_decoder_or_run() {
 
 #[test]
 fn published_tract_crash_inputs_are_contained() {
-    let h = Harness::new();
+    let h = Harness::yielding();
     // sonos/tract#163 and #1177 (Einsum form): valid models; they load and compute.
     let o = attack(&h, "tract_163_reshape_minus_one.onnx", &[1, 3, 8, 8], &[1, 4]);
     ran_to("tract_163_reshape_minus_one.onnx", &o, &[1, 4], None);

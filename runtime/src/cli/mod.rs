@@ -161,6 +161,15 @@ impl Global {
     }
 
     fn runtime(&self, trust: Option<&Path>) -> Result<Runtime> {
+        self.runtime_with(trust, |b| b)
+    }
+
+    /// `runtime`, with `f` setting what the command needs on top of the flags.
+    fn runtime_with(
+        &self,
+        trust: Option<&Path>,
+        f: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+    ) -> Result<Runtime> {
         let mut b: RuntimeBuilder = Runtime::builder()
             .memory_limit(usize::try_from(self.memory_mib << 20).context("--memory-mib too large")?)
             .timeout(Duration::from_millis(self.timeout_ms))
@@ -181,7 +190,7 @@ impl Global {
             let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             b = b.guest_module(wasm);
         }
-        b = b.relaxed_simd(self.relaxed_simd).native_kernels(!self.wasm_kernels_only);
+        b = f(b.relaxed_simd(self.relaxed_simd).native_kernels(!self.wasm_kernels_only));
         let spinner = Arc::new(std::sync::Mutex::new(None::<indicatif::ProgressBar>));
         let shown = spinner.clone();
         b = b.on_progress(move |p| {

@@ -59,6 +59,10 @@ pub(super) struct ServeArgs {
     /// Requests that may wait per model beyond those running [default: 64]; more get 503.
     #[arg(long)]
     queue_depth: Option<usize>,
+    /// Threads that serve requests and run models on idle instances [default: twice the CPUs;
+    /// see benches/README.md, "Model runs in the request's task"].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     log_format: Option<LogFormat>,
@@ -102,6 +106,7 @@ impl ServeArgs {
             client_requests_per_minute: self.client_requests_per_minute.or(file.client_requests_per_minute),
             device_readings_per_minute: self.device_readings_per_minute.or(file.device_readings_per_minute),
             queue_depth: self.queue_depth.or(file.queue_depth),
+            worker_threads: self.worker_threads.or(file.worker_threads),
             log_format: self.log_format.or(file.log_format),
             dangerous_plain_http_on_network: self
                 .dangerous_plain_http_on_network
@@ -169,7 +174,8 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let listen = config.listen;
     config.check()?;
-    let runtime = Arc::new(global.runtime(Some(&trust))?);
+    // Requests run models in their own tasks (`Model::infer_async`).
+    let runtime = Arc::new(global.runtime_with(Some(&trust), |b| b.async_calls(true))?);
     let state = prepare(runtime, config)?;
     for (bundle, reason) in state.repository.refused() {
         eprintln!("warden: refused {bundle}: {reason}");
@@ -180,7 +186,14 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
              `warden token create --name NAME --models a,b` turns tokens on."
         );
     }
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Models run in the requests' tasks (`Model::infer_async`), so a worker is busy for a whole
+    // request; with more workers than CPUs the CPUs stay busy (measured in benches/README.md).
+    let workers = match args.worker_threads {
+        Some(0) => bail!("worker_threads must be at least 1"),
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(2, |n| n.get().saturating_mul(2)),
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     tokio.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;

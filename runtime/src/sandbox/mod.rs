@@ -8,9 +8,11 @@ mod depthwise;
 mod kernels;
 
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use warden_wire::guest::{
@@ -18,7 +20,7 @@ use warden_wire::guest::{
 };
 use wasmtime::{
     Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, TypedFunc,
+    ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -44,6 +46,8 @@ pub fn guest_wasm_len() -> usize {
 const DIAGNOSTICS_CAPACITY: usize = 64 << 10;
 /// The guest's function table has a few thousand entries; leave room.
 const TABLE_ELEMENTS: usize = 64 << 10;
+/// Stack for the host functions a yielding guest call makes, on top of the guest's own.
+const ASYNC_STACK_HEADROOM: usize = 1 << 20;
 
 /// How the sandbox is set up.
 #[derive(Clone, Debug)]
@@ -58,7 +62,8 @@ pub struct SandboxConfig {
     pub pooling: bool,
     /// Where compiled guests are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
-    /// Epoch tick: the granularity of deadlines. By default 5 ms.
+    /// Epoch tick: the granularity of deadlines, and how long a guest call made from an async
+    /// task runs before it yields to the executor. By default 5 ms.
     pub epoch_tick: Duration,
     /// The guest module to run. By default `None`: the one built into this binary. Meant for
     /// comparing guest builds; any module must still speak the guest contract, and whatever it
@@ -67,6 +72,11 @@ pub struct SandboxConfig {
     /// Let the guest's relaxed-SIMD instructions use the host's fused multiply-add (results
     /// may then differ in the last bits between hosts). By default `false`.
     pub relaxed_simd: bool,
+    /// Make guest calls on wasmtime's fiber stacks, yielding to the executor at every epoch
+    /// tick, so that models can run in async tasks (`Model::infer_async`) without a hand-off
+    /// to another thread. Blocking calls then run the fiber on an executor of their own, about
+    /// 1 us more per call. By default `false`.
+    pub async_calls: bool,
     /// Offer the guest this CPU's native matrix-multiply kernels (tract's) and depthwise kernel,
     /// run on checked ranges of the guest's memory; see ARCHITECTURE.md, "Trust boundary". By
     /// default `true`. With `false` the guest computes everything with its own WebAssembly
@@ -88,6 +98,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(5),
             guest: None,
             relaxed_simd: false,
+            async_calls: false,
             native_kernels: true,
             tile_batches: true,
         }
@@ -156,6 +167,62 @@ struct StoreState {
     /// returns: an atomic add on one counter shared by every instance cost each tile a locked
     /// instruction (the largest single item of the import's own time).
     kernel_calls: u64,
+    /// When the current guest call is stopped with a timeout.
+    deadline: Instant,
+    /// How this store's guest calls are made.
+    calls: Calls,
+}
+
+/// How a sandbox's guest calls are made (`SandboxConfig::async_calls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Calls {
+    /// On the calling thread, which a call holds until it returns or its deadline passes.
+    Blocking,
+    /// On wasmtime's fiber stacks, so that they can be made from async tasks: at every epoch
+    /// tick a call yields to the executor, and a long or hostile guest holds an executor thread
+    /// for one tick at a time.
+    Yielding,
+}
+
+impl Calls {
+    /// Runs guest calls made this way to completion on this thread. Blocking ones never
+    /// suspend: their future is ready at its first poll, and needs no executor.
+    pub(crate) fn finish<T>(
+        self,
+        calls: impl Future<Output = Result<T, SandboxError>>,
+    ) -> Result<T, SandboxError> {
+        match self {
+            Calls::Blocking => match pin!(calls).poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(result) => result,
+                Poll::Pending => Err(SandboxError::Contract("a blocking guest call was suspended".into())),
+            },
+            Calls::Yielding => futures_executor::block_on(calls),
+        }
+    }
+}
+
+/// At every epoch tick of a guest call: stop it once its deadline has passed (a
+/// `Trap::Interrupt`), or go on for one more tick, yielding first if it is made on a fiber.
+fn on_tick(state: &StoreState) -> UpdateDeadline {
+    if Instant::now() >= state.deadline {
+        UpdateDeadline::Interrupt
+    } else if state.calls == Calls::Yielding {
+        UpdateDeadline::Yield(1)
+    } else {
+        UpdateDeadline::Continue(1)
+    }
+}
+
+/// Calls `func` the way the store's calls are made.
+async fn invoke<P: WasmParams + Sync, R: WasmResults + Sync>(
+    store: &mut Store<StoreState>,
+    func: &TypedFunc<P, R>,
+    params: P,
+) -> wasmtime::Result<R> {
+    match store.data().calls {
+        Calls::Blocking => func.call(store, params),
+        Calls::Yielding => func.call_async(store, params).await,
+    }
 }
 
 /// The guest's memory and the store's state, for one import call.
@@ -246,6 +313,9 @@ impl Sandbox {
         wasm_config
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
+            // Yielding calls run on a stack of their own: the guest's plus room for the host
+            // functions it calls (the native kernels).
+            .async_stack_size(config.max_wasm_stack.saturating_add(ASYNC_STACK_HEADROOM))
             .wasm_simd(true)
             .wasm_relaxed_simd(config.relaxed_simd)
             .relaxed_simd_deterministic(false)
@@ -261,7 +331,8 @@ impl Sandbox {
                 .total_memories(config.max_instances)
                 .total_tables(config.max_instances)
                 .max_memory_size(config.max_memory)
-                .table_elements(TABLE_ELEMENTS);
+                .table_elements(TABLE_ELEMENTS)
+                .total_stacks(config.max_instances);
             wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm_config).map_err(setup)?;
@@ -277,7 +348,13 @@ impl Sandbox {
         let (module, outcome, elapsed) =
             cache::load_or_compile(&engine, wasm, wasm_sha256, config.cache_dir.as_deref(), on_compile)?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
+        // WASI's sync functions block on a tokio runtime of their own, which they cannot do on a
+        // thread that runs async tasks: calls made from tasks need its async ones.
+        if config.async_calls {
+            wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi).map_err(setup)?;
+        } else {
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi).map_err(setup)?;
+        }
         link_kernels(&mut linker).map_err(setup)?;
         let pre = linker.instantiate_pre(&module).map_err(setup)?;
 
@@ -325,6 +402,11 @@ impl Sandbox {
         &self.config
     }
 
+    /// How guest calls are made.
+    pub(crate) fn calls(&self) -> Calls {
+        if self.config.async_calls { Calls::Yielding } else { Calls::Blocking }
+    }
+
     /// A fresh guest instance with no model loaded, capped at `memory_limit` bytes.
     pub(crate) fn instantiate(
         &self,
@@ -344,12 +426,19 @@ impl Sandbox {
             memory: None,
             kernels: self.kernels.clone(),
             kernel_calls: 0,
+            deadline: Instant::now() + timeout,
+            calls: self.calls(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.ticks(timeout));
-        let mut guest = GuestInstance::partial(store, memory_limit, self.config.epoch_tick);
-        let instance = self.pre.instantiate(&mut guest.store).map_err(|e| guest.classify(e, timeout))?;
+        store.epoch_deadline_callback(|store| Ok(on_tick(store.data())));
+        store.set_epoch_deadline(1);
+        let mut guest = GuestInstance::partial(store, memory_limit);
+        let instance = match self.calls() {
+            Calls::Blocking => self.pre.instantiate(&mut guest.store),
+            Calls::Yielding => futures_executor::block_on(self.pre.instantiate_async(&mut guest.store)),
+        }
+        .map_err(|e| guest.classify(e, timeout))?;
         let contract = |what: &str| SandboxError::Contract(format!("the guest does not export {what}"));
         let memory = instance.get_memory(&mut guest.store, "memory").ok_or_else(|| contract("memory"))?;
         guest.store.data_mut().memory = Some(memory);
@@ -368,10 +457,15 @@ impl Sandbox {
         let inspect = instance
             .get_typed_func(&mut guest.store, "warden_inspect")
             .map_err(|_| contract("warden_inspect"))?;
+        let calls = self.calls();
         if let Some(init) = init {
-            init.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
+            calls.finish(async {
+                invoke(&mut guest.store, &init, ()).await.map_err(|e| guest.classify(e, timeout))
+            })?;
         }
-        let abi = version.call(&mut guest.store, ()).map_err(|e| guest.classify(e, timeout))?;
+        let abi = calls.finish(async {
+            invoke(&mut guest.store, &version, ()).await.map_err(|e| guest.classify(e, timeout))
+        })?;
         if abi != ABI_VERSION {
             return Err(SandboxError::Contract(format!(
                 "guest contract version {abi}, host speaks {ABI_VERSION}"
@@ -379,11 +473,6 @@ impl Sandbox {
         }
         guest.funcs = Some(Funcs { memory, reserve, load, run, inspect });
         Ok(guest)
-    }
-
-    fn ticks(&self, timeout: Duration) -> u64 {
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
     }
 }
 
@@ -420,7 +509,6 @@ pub(crate) struct GuestInstance {
     store: Store<StoreState>,
     funcs: Option<Funcs>,
     memory_limit: usize,
-    tick: Duration,
     /// The guest's request buffer from the last `warden_reserve`: its address and length. The
     /// guest keeps that buffer until the next `warden_reserve` or `warden_load`
     /// (`warden_wire::guest`), so a run request that fits is written straight into it, without
@@ -429,15 +517,20 @@ pub(crate) struct GuestInstance {
 }
 
 impl GuestInstance {
-    fn partial(store: Store<StoreState>, memory_limit: usize, tick: Duration) -> GuestInstance {
-        GuestInstance { store, funcs: None, memory_limit, tick, reserved: None }
+    fn partial(store: Store<StoreState>, memory_limit: usize) -> GuestInstance {
+        GuestInstance { store, funcs: None, memory_limit, reserved: None }
     }
 
     fn set_deadline(&mut self, timeout: Duration) {
-        let tick = self.tick.as_nanos().max(1);
-        let ticks = u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1);
-        self.store.set_epoch_deadline(ticks);
-        self.store.data_mut().limiter.hit_memory_cap = false;
+        self.store.set_epoch_deadline(1);
+        let state = self.store.data_mut();
+        state.deadline = Instant::now() + timeout;
+        state.limiter.hit_memory_cap = false;
+    }
+
+    /// How this instance's guest calls are made.
+    pub(crate) fn calls(&self) -> Calls {
+        self.store.data().calls
     }
 
     fn classify(&self, e: wasmtime::Error, timeout: Duration) -> SandboxError {
@@ -461,28 +554,28 @@ impl GuestInstance {
 
     /// Encodes `request` straight into the guest's buffer, calls `func`, and returns the reply's
     /// bytes range in guest memory after bounds checks.
-    fn call(
+    async fn call(
         &mut self,
         which: fn(&Funcs) -> &TypedFunc<u32, u64>,
-        request: &impl Serialize,
+        request: &(impl Serialize + Sync),
         timeout: Duration,
     ) -> Result<std::ops::Range<usize>, SandboxError> {
         // Taken out for the call and put back, rather than cloned: a `TypedFunc` clone registers
         // its type again (about 1% of a small model's inference).
         let funcs =
             self.funcs.take().ok_or_else(|| SandboxError::Contract("instance not initialised".into()))?;
-        let result = self.call_with(&funcs, which(&funcs), request, timeout);
+        let result = self.call_with(&funcs, which(&funcs), request, timeout).await;
         self.funcs = Some(funcs);
         let state = self.store.data_mut();
         state.kernels.add_calls(std::mem::take(&mut state.kernel_calls));
         result
     }
 
-    fn call_with(
+    async fn call_with(
         &mut self,
         funcs: &Funcs,
         func: &TypedFunc<u32, u64>,
-        request: &impl Serialize,
+        request: &(impl Serialize + Sync),
         timeout: Duration,
     ) -> Result<std::ops::Range<usize>, SandboxError> {
         let (memory, reserve) = (funcs.memory, &funcs.reserve);
@@ -494,8 +587,9 @@ impl GuestInstance {
             Some((ptr, reserved)) if len <= reserved => ptr,
             _ => {
                 self.reserved = None;
-                let ptr =
-                    reserve.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))? as usize;
+                let ptr = invoke(&mut self.store, reserve, len32)
+                    .await
+                    .map_err(|e| self.classify(e, timeout))? as usize;
                 if ptr == 0 {
                     return Err(if self.store.data().limiter.hit_memory_cap {
                         SandboxError::MemoryCap(self.memory_limit)
@@ -513,7 +607,7 @@ impl GuestInstance {
             .ok_or_else(|| SandboxError::Contract("reserved buffer outside guest memory".into()))?;
         postcard::to_slice(request, buf)
             .map_err(|e| SandboxError::Contract(format!("encoding the request: {e}")))?;
-        let packed = func.call(&mut self.store, len32).map_err(|e| self.classify(e, timeout))?;
+        let packed = invoke(&mut self.store, func, len32).await.map_err(|e| self.classify(e, timeout))?;
         let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
         let end = ptr.checked_add(len).filter(|end| *end <= memory.data_size(&self.store));
         end.map(|end| ptr..end).ok_or_else(|| SandboxError::Contract("reply outside guest memory".into()))
@@ -527,7 +621,7 @@ impl GuestInstance {
 
     /// Parses and optimizes a model inside the guest.
     pub(crate) fn load(&mut self, request: &LoadRequest<'_>, timeout: Duration) -> Result<(), SandboxError> {
-        let range = self.call(|f| &f.load, request, timeout);
+        let range = self.calls().finish(self.call(|f| &f.load, request, timeout));
         // The guest drops its request buffer after a load (it held the model's bytes).
         self.reserved = None;
         let range = range?;
@@ -538,7 +632,8 @@ impl GuestInstance {
 
     /// Describes a model's declared interface (parsing it in the sandbox, not optimizing it).
     pub(crate) fn inspect(&mut self, model: &[u8], timeout: Duration) -> Result<ModelInfo, SandboxError> {
-        let range = self.call(|f| &f.inspect, &InspectRequest { model }, timeout)?;
+        let request = InspectRequest { model };
+        let range = self.calls().finish(self.call(|f| &f.inspect, &request, timeout))?;
         let reply: Reply<ModelInfo> = postcard::from_bytes(&self.memory()?[range])
             .map_err(|e| SandboxError::Contract(format!("undecodable inspect reply: {e}")))?;
         reply.map_err(|e| self.guest_error(e.kind, e.message))
@@ -546,8 +641,12 @@ impl GuestInstance {
 
     /// Runs the loaded model. Returns the outputs as the guest reported them (untrusted: the
     /// caller checks them against the manifest).
-    pub(crate) fn run(&mut self, inputs: &[Tensor], timeout: Duration) -> Result<Vec<Tensor>, SandboxError> {
-        let range = self.call(|f| &f.run, &RunInputs(inputs), timeout)?;
+    pub(crate) async fn run(
+        &mut self,
+        inputs: &[Tensor],
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>, SandboxError> {
+        let range = self.call(|f| &f.run, &RunInputs(inputs), timeout).await?;
         let reply: Reply<RunResponse<'_>> = postcard::from_bytes(&self.memory()?[range])
             .map_err(|e| SandboxError::Contract(format!("undecodable run reply: {e}")))?;
         match reply {

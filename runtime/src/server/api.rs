@@ -1,3 +1,4 @@
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warden_wire::manifest::DimSpec;
@@ -414,12 +416,10 @@ fn count_sandbox_failure(state: &AppState, model: &str, e: &Error) {
     state.metrics.sandbox_failures.get_or_create(&SandboxLabels { model: model.to_owned(), kind }).inc();
 }
 
-/// Runs `before` (blocking work that must precede the model, such as recording a reading's
-/// counter durably) and then `inputs` through `model` (validation, sandbox, output policy), on one
-/// blocking thread.
-/// Runs the model on this (blocking) thread, counting sandbox failures.
-fn infer_blocking(state: &AppState, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
-    model.infer(inputs).map_err(|e| {
+/// Runs `inputs` through `model` (validation, sandbox, output policy), counting sandbox
+/// failures: in this task while an instance is idle (`Model::infer_async`).
+async fn run_model(state: &AppState, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
+    model.infer_async(inputs).await.map_err(|e| {
         count_sandbox_failure(state, &model.manifest().name, &e);
         ApiError::from(e)
     })
@@ -490,34 +490,26 @@ async fn kserve_infer(
     };
     let request = InferRequest::from_body(&bytes, header_len).map_err(ApiError::from)?;
     let inputs = request.tensors()?;
-    answer_audited(state, entry, budget, move |state, _| {
-        infer_blocking(state, &model, inputs).and_then(|outputs| encode(&model, &request, outputs))
+    answer_audited(state, entry, budget, async move |state, _| {
+        let outputs = run_model(state, &model, inputs).await?;
+        encode(&model, &request, outputs)
     })
     .await
 }
 
-/// Answers: `work` (the model run and the encoding, given the audit entry to note what it did)
-/// on a blocking thread, then the durable audit record. The query budget is charged only for an
-/// answered request.
+/// Answers: `work` (the model run and the encoding, given the audit entry to note what it did),
+/// then the durable audit record. The query budget is charged only for an answered request.
 async fn answer_audited(
     state: &Arc<AppState>,
     entry: &mut AuditEntry,
     budget: Reservation<'_>,
-    work: impl FnOnce(&AppState, &mut AuditEntry) -> ApiResult<Reply> + Send + 'static,
+    work: impl AsyncFnOnce(&AppState, &mut AuditEntry) -> ApiResult<Reply>,
 ) -> ApiResult<Audited> {
-    let (state2, label, mut entry) = (state.clone(), metrics_label(entry), std::mem::take(entry));
-    let (entry, result) = tokio::task::spawn_blocking(move || {
-        // A panic is answered 500 and audited with what the request noted before it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&state2, &mut entry)))
-            .unwrap_or_else(|_| {
-                Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", "inference task panicked"))
-            });
-        (entry, result)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", format!("inference task failed: {e}"))
-    })?;
+    let (label, mut entry) = (metrics_label(entry), std::mem::take(entry));
+    // A panic is answered 500 and audited with what the request noted before it.
+    let result = AssertUnwindSafe(work(state, &mut entry)).catch_unwind().await.unwrap_or_else(|_| {
+        Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", "inference task panicked"))
+    });
     let result = audit_now(state, entry, result).await;
     if result.is_ok() {
         budget.commit();
@@ -631,12 +623,12 @@ async fn reading(
     state.limits.check_device(&device)?;
     let budget = state.limits.admit(&key, &model)?;
     let _queued = state.limits.enqueue(&model)?;
-    // The counter is taken on the blocking thread, and durable once the audit record (which
+    // The counter is taken (written, not synced), and durable once the audit record (which
     // carries it) is: before the answer, with one fsync for both.
-    answer_audited(state, entry, budget, move |state, entry| {
+    answer_audited(state, entry, budget, async move |state, entry| {
         state.verifier.record_unsynced(&signed).map_err(ApiError::from)?;
         entry.counter = Some(signed.reading.counter);
-        let outputs = infer_blocking(state, &model, vec![input])?;
+        let outputs = run_model(state, &model, vec![input]).await?;
         let m = model.manifest();
         let id = Some(format!("{}:{}", signed.reading.device_id, signed.reading.counter));
         Ok(Reply(InferResponse::encode(m.name.clone(), m.version.to_string(), id, &outputs, |_| false)))

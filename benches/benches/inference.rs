@@ -25,6 +25,13 @@ fn inference(c: &mut Criterion) {
     let publisher = TestPublisher::new(dir.path());
     let runtime =
         builder(&dir.path().join("state"), &publisher.trust).instances_per_model(1).build().unwrap();
+    // `warden serve`'s setup: guest calls on fibers, made from the request's task.
+    let yielding = builder(&dir.path().join("state-in-task"), &publisher.trust)
+        .instances_per_model(1)
+        .async_calls(true)
+        .build()
+        .unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group("inference");
     group.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for path in FIXTURES {
@@ -69,10 +76,16 @@ fn inference(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("warden_sandbox", &fixture.model), |b| {
             b.iter(|| model.infer(inputs.clone()).unwrap())
         });
-        // The daemon's path: from a task, the guest call made on wasmtime's fiber stack.
-        let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        group.bench_function(BenchmarkId::new("warden_sandbox_async", &fixture.model), |b| {
-            b.iter(|| tokio.block_on(model.infer_async(inputs.clone())).unwrap())
+        let in_task = yielding.load_bundle(&bundle).unwrap();
+        let outputs = model.infer(inputs.clone()).unwrap();
+        assert_eq!(
+            tokio.block_on(in_task.infer_async(inputs.clone())).unwrap(),
+            outputs,
+            "{}",
+            fixture.model
+        );
+        group.bench_function(BenchmarkId::new("warden_sandbox_in_task", &fixture.model), |b| {
+            b.iter(|| tokio.block_on(in_task.infer_async(inputs.clone())).unwrap())
         });
     }
     group.finish();

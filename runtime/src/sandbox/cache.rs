@@ -6,6 +6,9 @@
 //! file is deserialized its digest is checked; a mismatch (torn write, bit rot, tampering without
 //! recomputing the digest) means recompiling and rewriting it.
 //!
+//! Each compiled guest is about 60 MiB and every new build of Warden has its own, so the
+//! directory keeps only the `KEEP` most recently used ones (a hit marks its file used).
+//!
 //! Trust note: compiled code runs natively. Whoever can write the cache directory can already
 //! run code as this user (it is created 0700 under the user's cache home); the digest guards
 //! against corruption, not against that user.
@@ -13,7 +16,7 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
@@ -42,6 +45,9 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// Compiled guests kept in a cache directory: the most recently used ones.
+const KEEP: usize = 4;
+
 fn cache_path(engine: &Engine, dir: &Path, wasm_sha256: &str) -> PathBuf {
     let mut h = Sha256Hasher(Sha256::new());
     h.write(wasm_sha256.as_bytes());
@@ -66,7 +72,12 @@ pub(crate) fn load_or_compile(
         && let Ok(file) = std::fs::read(path)
     {
         match deserialize_checked(engine, &file) {
-            Ok(module) => return Ok((module, CompileOutcome::CacheHit, started.elapsed())),
+            Ok(module) => {
+                if let Some(dir) = cache_dir {
+                    prune(dir, path);
+                }
+                return Ok((module, CompileOutcome::CacheHit, started.elapsed()));
+            }
             Err(reason) => {
                 tracing::warn!(path = %path.display(), %reason, "ignoring the cached guest; recompiling")
             }
@@ -80,14 +91,42 @@ pub(crate) fn load_or_compile(
         let mut file = Sha256::digest(&body).to_vec();
         file.extend_from_slice(&body);
         let stored = create_private_dir(dir).and_then(|()| write_atomic(path, &file, 0o600));
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "could not store the compiled guest; the next start compiles again");
+        match stored {
+            Ok(()) => prune(dir, path),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store the compiled guest; the next start compiles again")
+            }
         }
     }
     // SAFETY: `body` was produced just now by `precompile_module` on this very engine.
     let module = unsafe { Module::deserialize(engine, &body) }
         .map_err(|e| SandboxError::Setup(format!("loading the compiled guest: {e:#}")))?;
     Ok((module, CompileOutcome::Compiled, started.elapsed()))
+}
+
+/// Marks `used` as used now and removes all but the `KEEP` most recently used compiled guests
+/// from `dir` (files named like `cache_path`'s; nothing else is touched). Best effort: a file
+/// that cannot be read, marked or removed is left as it is.
+fn prune(dir: &Path, used: &Path) {
+    if let Ok(file) = std::fs::File::options().write(true).open(used) {
+        let _ = file.set_modified(SystemTime::now());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut guests: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("guest-") && name.ends_with(".cwasm")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    guests.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    for (_, stale) in guests.iter().skip(KEEP).filter(|(_, p)| p != used) {
+        if let Err(e) = std::fs::remove_file(stale) {
+            tracing::debug!(path = %stale.display(), error = %e, "could not remove a stale compiled guest");
+        }
+    }
 }
 
 fn deserialize_checked(engine: &Engine, file: &[u8]) -> Result<Module, String> {
@@ -103,4 +142,45 @@ fn deserialize_checked(engine: &Engine, file: &[u8]) -> Result<Module, String> {
     // keyed by this engine's compatibility hash; wasmtime checks the version and configuration
     // again while deserializing.
     unsafe { Module::deserialize(engine, body) }.map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn guests_left(dir: &Path) -> Vec<String> {
+        let mut left: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// Only the most recently used compiled guests stay: the one just used (however old its
+    /// file) and the newest others, `KEEP` in all; files of other names are never touched.
+    #[test]
+    fn prune_keeps_the_most_recently_used_guests() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        let guest = |i: u64| dir.path().join(format!("guest-{i:032}.cwasm"));
+        let names = |ids: &[u64]| -> Vec<String> {
+            let mut names: Vec<String> = ids.iter().map(|i| format!("guest-{i:032}.cwasm")).collect();
+            names.push("notes.txt".into());
+            names
+        };
+        for i in 0..7 {
+            let file = std::fs::File::create(guest(i)).unwrap();
+            file.set_modified(base + Duration::from_secs(60 * i)).unwrap();
+        }
+        std::fs::File::create(dir.path().join("notes.txt")).unwrap().set_modified(base).unwrap();
+        // The oldest guest is the one used now.
+        prune(dir.path(), &guest(0));
+        assert_eq!(guests_left(dir.path()), names(&[0, 4, 5, 6]));
+        // A newer guest arrives and an older one is used again: the least recently used goes.
+        std::fs::File::create(guest(7)).unwrap();
+        prune(dir.path(), &guest(5));
+        assert_eq!(guests_left(dir.path()), names(&[0, 5, 6, 7]));
+    }
 }

@@ -522,6 +522,10 @@ impl Model {
     /// an instance or the load of a new one, goes to tokio's blocking pool; outside a tokio
     /// runtime it blocks the caller, as [`Model::infer`] does. Dropping the future stops a run
     /// in this task and discards its instance.
+    ///
+    /// A run in a task holds its instance while it yields, so a blocking [`Model::infer`] made
+    /// on a thread of the same tokio runtime may wait for an instance whose run needs that very
+    /// thread: from tasks, call only this.
     pub async fn infer_async(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
         let idle = match self.inner.sandbox.calls() {

@@ -1,6 +1,6 @@
 //! The sandbox's own machinery: the compiled-guest cache is integrity-checked before use, and
 //! one model serves concurrent callers from its instance pool, and requests of any size reach it;
-//! guest memory is advised for huge pages.
+//! guest memory is advised for huge pages; `infer_async` answers as `infer` does.
 
 use std::sync::Arc;
 
@@ -63,6 +63,44 @@ fn one_model_serves_concurrent_callers() {
         t.join().unwrap();
     }
     assert_eq!(model.sandbox_runs(), 100);
+}
+
+/// `Model::infer_async` answers as `infer` does, on a runtime of either kind of guest calls:
+/// from many tasks at once (more than the model has instances, so some wait on the blocking
+/// pool), and outside any tokio runtime.
+#[test]
+fn infer_async_answers_from_tasks_and_outside_a_runtime() {
+    let fixture = Arc::new(Fixture::load(&root().join("models/fixtures/digits.reference.json")));
+    for async_calls in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime =
+            builder(dir.path(), &root().join("models/dev-trust")).async_calls(async_calls).build().unwrap();
+        let model = runtime.load_bundle(root().join("models/repo/digits/1")).unwrap();
+        // Whole, output policy applied: what the blocking call gives.
+        let expected: Arc<Vec<Vec<Tensor>>> =
+            Arc::new(fixture.cases.iter().map(|c| model.infer(tensors(&c.inputs)).unwrap()).collect());
+        let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (model, fixture, expected) = (model.clone(), fixture.clone(), expected.clone());
+                tokio.spawn(async move {
+                    for i in 0..10 {
+                        let n = (t + i) % fixture.cases.len();
+                        let out = model.infer_async(tensors(&fixture.cases[n].inputs)).await.unwrap();
+                        assert_eq!(out, expected[n], "async_calls {async_calls}");
+                        assert_eq!(out[0].to_i64(), tensors(&fixture.cases[n].outputs)[0].to_i64());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            tokio.block_on(task).unwrap();
+        }
+        let outside =
+            futures_executor::block_on(model.infer_async(tensors(&fixture.cases[0].inputs))).unwrap();
+        assert_eq!(outside, expected[0], "async_calls {async_calls}");
+        assert_eq!(model.sandbox_runs(), fixture.cases.len() as u64 + 81, "async_calls {async_calls}");
+    }
 }
 
 /// The host writes a run request straight into the guest's buffer from the last reserve while it

@@ -419,6 +419,7 @@ impl Sandbox {
             .stderr(stderr.clone())
             .build_p1();
         let memory_limit = memory_limit.min(self.config.max_memory);
+        let calls = self.calls();
         let state = StoreState {
             wasi,
             limiter: Limiter { memory_limit, hit_memory_cap: false },
@@ -427,14 +428,14 @@ impl Sandbox {
             kernels: self.kernels.clone(),
             kernel_calls: 0,
             deadline: Instant::now() + timeout,
-            calls: self.calls(),
+            calls,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|store| Ok(on_tick(store.data())));
         store.set_epoch_deadline(1);
         let mut guest = GuestInstance::partial(store, memory_limit);
-        let instance = match self.calls() {
+        let instance = match calls {
             Calls::Blocking => self.pre.instantiate(&mut guest.store),
             Calls::Yielding => futures_executor::block_on(self.pre.instantiate_async(&mut guest.store)),
         }
@@ -457,7 +458,6 @@ impl Sandbox {
         let inspect = instance
             .get_typed_func(&mut guest.store, "warden_inspect")
             .map_err(|_| contract("warden_inspect"))?;
-        let calls = self.calls();
         if let Some(init) = init {
             calls.finish(async {
                 invoke(&mut guest.store, &init, ()).await.map_err(|e| guest.classify(e, timeout))

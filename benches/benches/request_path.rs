@@ -1,6 +1,6 @@
 //! The host's work around one request, outside the sandbox: reading signatures (one at a time,
-//! with and without the device key's table, and batched with ed25519-dalek's `verify_batch`), a
-//! reading's full authentication, input
+//! with and without the device key's table, with the constant-time tables used before, and
+//! batched with ed25519-dalek's `verify_batch`), a reading's full authentication, input
 //! validation, output checks and policy, and a durable audit append.
 //!
 //! `cargo bench -p warden-benches --bench request_path`
@@ -10,7 +10,12 @@
 use std::time::{Duration, SystemTime};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+use curve25519_dalek::edwards::EdwardsBasepointTable;
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::BasepointTable as _;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use sha2::{Digest as _, Sha512};
 use warden::audit::{AuditEntry, AuditLog};
 use warden::policy::{apply_output_policy, check_outputs, validate_inputs};
 use warden::trust::{DeviceKey, DeviceRegistry, MAX_KEY_TABLES, ReadingVerifier, TableBudget, verify_bundle};
@@ -36,6 +41,24 @@ fn signed_readings(state: &std::path::Path, n: usize) -> Vec<(SignedReading, Ver
         .collect()
 }
 
+/// The strict check as the daemon made it until the nineteenth session, kept here for the
+/// side-by-side figure: `[s]B - [k]A` from curve25519-dalek's constant-time radix-16 tables.
+fn constant_time_table_check(
+    table: &EdwardsBasepointTable,
+    key: &VerifyingKey,
+    message: &[u8],
+    sig: &Signature,
+) -> bool {
+    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes())) else {
+        return false;
+    };
+    let k = Scalar::from_hash(
+        Sha512::new().chain_update(sig.r_bytes()).chain_update(key.as_bytes()).chain_update(message),
+    );
+    let r = ED25519_BASEPOINT_TABLE.mul_base(&s) - table.mul_base(&k);
+    r.compress().to_bytes() == *sig.r_bytes() && !r.is_small_order() && !key.to_edwards().is_small_order()
+}
+
 fn signatures(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let readings = signed_readings(dir.path(), *BATCH_SIZES.iter().max().unwrap());
@@ -48,6 +71,8 @@ fn signatures(c: &mut Criterion) {
     let keys: Vec<VerifyingKey> = readings.iter().map(|(_, k)| *k).collect();
     let device_keys: Vec<DeviceKey> = keys.iter().map(|k| DeviceKey::new(*k)).collect();
     let budget = TableBudget::new(MAX_KEY_TABLES);
+    let ct_tables: Vec<EdwardsBasepointTable> =
+        keys.iter().map(|k| EdwardsBasepointTable::create(&k.to_edwards())).collect();
 
     let mut group = c.benchmark_group("reading_signatures");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
@@ -66,6 +91,13 @@ fn signatures(c: &mut Criterion) {
             b.iter(|| {
                 for i in 0..n {
                     device_keys[i].verify_strict(messages[i], &sigs[i], &budget).unwrap();
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("constant_time_tables_each", n), |b| {
+            b.iter(|| {
+                for i in 0..n {
+                    assert!(constant_time_table_check(&ct_tables[i], &keys[i], messages[i], &sigs[i]));
                 }
             })
         });

@@ -1,15 +1,15 @@
 //! A device's verifying key, with a table of its multiples built at its first reading, so that
-//! each later reading's strict signature check costs about 0.6x ed25519-dalek's `verify_strict`
+//! each later reading's strict signature check costs about 0.4x ed25519-dalek's `verify_strict`
 //! (benches/README.md, "Device key tables").
 //!
 //! `verify_strict` computes `R' = [s]B - [k]A` with one variable-time double-base multiplication
 //! (about 256 doublings), compresses `R'` and compares it with the signature's `R`. A device
-//! sends many readings under one key `A`, so `[k]A` can use the same kind of precomputed
-//! radix-16 table as `[s]B` does with the basepoint's (curve25519-dalek's
-//! `EdwardsBasepointTable`: 64 additions, 4 doublings). Building the table costs about 20 strict
-//! checks (its 256 points are converted to affine coordinates one inversion each) and 30 KiB,
-//! so the registry builds at most [`MAX_KEY_TABLES`] of them, lazily; keys beyond that are
-//! checked by `verify_strict` itself.
+//! sends many readings under one key `A`, so `[k]A` can come from a precomputed table of `A`'s
+//! multiples as `[s]B` can from one of the basepoint's: [`super::edwards`] holds both (radix 16
+//! for keys, 31 KiB each; radix 256 for the basepoint, one per process) and adds up one entry per
+//! digit, in variable time (the inputs are public). Building a key's table costs about 4 strict
+//! checks, so the registry builds at most [`MAX_KEY_TABLES`] of them, lazily; keys beyond that
+//! are checked by `verify_strict` itself.
 //!
 //! The check accepts exactly what `verify_strict` accepts (the unit tests compare both on valid,
 //! mutated and crafted signatures). `verify_strict` accepts when:
@@ -20,23 +20,28 @@
 //!
 //! Here (2) is checked after (4), on `R'` instead of on a decompressed `R`: when (4) holds,
 //! `R`'s bytes are the canonical encoding of `R'`, so they decompress to `R'` itself and (2)
-//! reduces to "`R'` is not of small order"; when (4) fails, both refuse. This saves the square
-//! root of a decompression (about 8 us of 106 on the AMD EPYC machine). (3) is checked once, when
-//! the key is wrapped.
+//! reduces to "`R'` is not of small order", that is, `R`'s bytes are not the encoding of one of
+//! the 8 points of order dividing 8; when (4) fails, both refuse. This saves the square root of
+//! a decompression and the cofactor multiplication. (3) is checked once, when the key is wrapped.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, OnceLock};
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable};
+use curve25519_dalek::constants::EIGHT_TORSION;
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::BasepointTable as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest as _, Sha512};
 
-/// The most key tables one registry builds: 30 KiB each, so at most 30 MiB. Devices past this
-/// many are checked without one (the same result, about 1.6x the time).
+use super::edwards::{self, Point, Table};
+
+/// The most key tables one registry builds: 31 KiB each, so at most 31 MiB. Devices past this
+/// many are checked without one (the same result, about 2.5x the time).
 pub const MAX_KEY_TABLES: usize = 1024;
+
+/// The encodings of the points of small order (order 1, 2, 4 or 8): `R'` is of small order
+/// exactly when its canonical encoding is one of these.
+static SMALL_ORDER: LazyLock<[[u8; 32]; 8]> =
+    LazyLock::new(|| EIGHT_TORSION.map(|t| t.compress().to_bytes()));
 
 /// The signature does not verify (strictly). Carries nothing, like ed25519-dalek's own error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +54,7 @@ pub struct DeviceKey {
     /// Is `A` of small order? `verify_strict` refuses every signature of such a key.
     small_order: bool,
     /// Built at the first check, if the registry's budget allows; `None` if it did not.
-    table: OnceLock<Option<Box<EdwardsBasepointTable>>>,
+    table: OnceLock<Option<Box<Table>>>,
 }
 
 /// How many tables a registry may still build.
@@ -89,6 +94,13 @@ impl DeviceKey {
         &self.key
     }
 
+    /// Builds the tables shared by every key (the basepoint's, about 4 ms) if they are not built
+    /// yet, so that the first reading does not wait for them.
+    pub fn prepare() {
+        let _ = edwards::basepoint_table();
+        LazyLock::force(&SMALL_ORDER);
+    }
+
     /// Checks `signature` on `message` as ed25519-dalek's `verify_strict` does, with the same
     /// result, building this key's table first if there is none and `budget` allows one.
     pub fn verify_strict(
@@ -98,17 +110,20 @@ impl DeviceKey {
         budget: &TableBudget,
     ) -> Result<(), BadSignature> {
         let table = self.table.get_or_init(|| {
-            budget.take().then(|| Box::new(EdwardsBasepointTable::create(&self.key.to_edwards())))
+            // The key decoded when it was wrapped, so it decodes here too.
+            let point = Point::decompress(self.key.as_bytes())?;
+            budget.take().then(|| Box::new(Table::for_key(&point)))
         });
-        match table {
-            Some(table) => self.verify_with(table, message, signature),
-            None => self.key.verify_strict(message, signature).map_err(|_| BadSignature),
+        match (edwards::basepoint_table(), table) {
+            (Some(base), Some(table)) => self.verify_with(base, table, message, signature),
+            _ => self.key.verify_strict(message, signature).map_err(|_| BadSignature),
         }
     }
 
     fn verify_with(
         &self,
-        table: &EdwardsBasepointTable,
+        base: &Table,
+        table: &Table,
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), BadSignature> {
@@ -122,9 +137,8 @@ impl DeviceKey {
         let k = Scalar::from_hash(
             Sha512::new().chain_update(r).chain_update(self.key.as_bytes()).chain_update(message),
         );
-        let expected = ED25519_BASEPOINT_TABLE.mul_base(&s) - table.mul_base(&k);
         // (4), then (2) on the point that R's bytes are now known to encode.
-        if expected.compress() != CompressedEdwardsY(*r) || expected.is_small_order() {
+        if edwards::recompute_r(base, table, &s, &k) != *r || SMALL_ORDER.contains(r) {
             return Err(BadSignature);
         }
         Ok(())
@@ -136,7 +150,7 @@ impl DeviceKey {
 mod tests {
     use super::*;
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-    use curve25519_dalek::edwards::EdwardsPoint;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
     use curve25519_dalek::traits::{Identity as _, IsIdentity as _};
     use ed25519_dalek::{Signer as _, SigningKey};
 

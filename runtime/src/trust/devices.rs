@@ -92,7 +92,7 @@ pub struct DeviceRegistry {
     /// (about a tenth of a strict check), with its table of multiples once it has been used. A
     /// record whose key does not parse has none.
     keys: HashMap<String, DeviceKey>,
-    /// Bounds the memory the keys' tables take (30 KiB each).
+    /// Bounds the memory the keys' tables take (31 KiB each).
     tables: TableBudget,
 }
 
@@ -208,6 +208,7 @@ impl ReadingVerifier {
     pub fn open(state_dir: &Path, freshness: Duration) -> Result<ReadingVerifier> {
         let registry = DeviceRegistry::open(state_dir)?;
         let counters = CounterStore::open(state_dir)?;
+        DeviceKey::prepare();
         Ok(ReadingVerifier { registry, counters, freshness })
     }
 

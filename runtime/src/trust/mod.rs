@@ -4,6 +4,7 @@ mod bundle;
 mod counters;
 mod device_key;
 mod devices;
+mod edwards;
 pub(crate) mod fsutil;
 mod keys;
 mod ledger;

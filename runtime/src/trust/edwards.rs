@@ -299,6 +299,26 @@ impl Point {
     }
 }
 
+/// Asks the CPU to bring an entry (120 bytes, up to 3 cache lines) into its caches.
+fn prefetch(entry: &Niels) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = std::ptr::from_ref(entry).cast::<i8>();
+        let end = start.wrapping_add(std::mem::size_of::<Niels>() - 1);
+        for p in [start, start.wrapping_add(64), end] {
+            // SAFETY: SSE is part of x86_64's baseline; a prefetch only hints, it never faults
+            // nor reads into the program (the address need not even be valid).
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p)
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = entry;
+}
+
 /// The most digits a scalar below `2^253` has in radix `2^w` for `w >= 4`, with the carry.
 const MAX_DIGITS: usize = 65;
 
@@ -396,12 +416,23 @@ impl Table {
     /// `acc + sum(digits[i] * 2^(w*i) * P)` over the positions `first, first + step, ...`
     /// (minus, if `negate`).
     fn add_digits(&self, mut acc: Point, digits: &[i16], first: usize, negate: bool) -> Point {
-        let per_row = 1usize << (self.w - 1);
-        for i in (first..digit_count(self.w)).step_by(self.step) {
-            let d = digits[i];
-            if d != 0 {
-                let entry = &self.entries[i / self.step * per_row + d.unsigned_abs() as usize - 1];
-                acc = acc.add_niels(entry, (d < 0) ^ negate).point();
+        let (per_row, count) = (1usize << (self.w - 1), digit_count(self.w));
+        // The entry for position `i` and whether to subtract it, if its digit is not 0.
+        let entry = |i: usize| {
+            let d = *digits.get(i).filter(|&&d| i < count && d != 0)?;
+            Some((&self.entries[i / self.step * per_row + d.unsigned_abs() as usize - 1], d < 0))
+        };
+        if let Some((e, _)) = entry(first) {
+            prefetch(e);
+        }
+        for i in (first..count).step_by(self.step) {
+            // The next entry is fetched from memory while this one is added (an addition takes
+            // longer than a cache miss, and a key's table is often cold under load).
+            if let Some((next, _)) = entry(i + self.step) {
+                prefetch(next);
+            }
+            if let Some((e, minus)) = entry(i) {
+                acc = acc.add_niels(e, minus ^ negate).point();
             }
         }
         acc

@@ -20,7 +20,7 @@ use super::AppState;
 use super::limits::{LimitError, Reservation};
 use super::metrics::{ModelLabels, QueueLabels, ReasonLabels, RequestLabels, SandboxLabels};
 use super::tokens::TokenRecord;
-use crate::audit::{ANONYMOUS, AuditEntry};
+use crate::audit::{ANONYMOUS, AuditEntry, sha256_hex};
 use crate::error::{Error, SandboxError};
 use crate::kserve::{HEADER_LENGTH, InferRequest, InferResponse, ResponseBody};
 use crate::runtime::Model;
@@ -124,11 +124,6 @@ impl IntoResponse for Reply {
                 .into_response(),
         }
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Records the request's outcome in the audit log, durably, before it is answered, and counts it

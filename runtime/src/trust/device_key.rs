@@ -1,14 +1,14 @@
 //! A device's verifying key, with a table of its multiples built at its first reading, so that
 //! each later reading's strict signature check costs about 0.4x ed25519-dalek's `verify_strict`
-//! (benches/README.md, "Device key tables").
+//! (benches/README.md, "The request path outside the sandbox").
 //!
 //! `verify_strict` computes `R' = [s]B - [k]A` with one variable-time double-base multiplication
 //! (about 256 doublings), compresses `R'` and compares it with the signature's `R`. A device
 //! sends many readings under one key `A`, so `[k]A` can come from a precomputed table of `A`'s
 //! multiples as `[s]B` can from one of the basepoint's: [`super::edwards`] holds both (radix 16
 //! for keys, 31 KiB each; radix 256 for the basepoint, one per process) and adds up one entry per
-//! digit, in variable time (the inputs are public). Building a key's table costs about 4 strict
-//! checks, so the registry builds at most [`MAX_KEY_TABLES`] of them, lazily; keys beyond that
+//! digit, in variable time (the inputs are public). Building a key's table costs about 230 us
+//! (two `verify_strict`s), so the registry builds at most [`MAX_KEY_TABLES`] of them, lazily; keys beyond that
 //! are checked by `verify_strict` itself.
 //!
 //! The check accepts exactly what `verify_strict` accepts (the unit tests compare both on valid,
@@ -35,7 +35,7 @@ use sha2::{Digest as _, Sha512};
 use super::edwards::{self, Point, Table};
 
 /// The most key tables one registry builds: 31 KiB each, so at most 31 MiB. Devices past this
-/// many are checked without one (the same result, about 2.5x the time).
+/// many are checked without one (the same result, about 2.8x the time).
 pub const MAX_KEY_TABLES: usize = 1024;
 
 /// The encodings of the points of small order (order 1, 2, 4 or 8): `R'` is of small order

@@ -367,7 +367,9 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    /// `step` is 1 or 2 (see the type's docs).
     fn new(p: &Point, w: u32, step: usize) -> Table {
+        debug_assert!(step == 1 || step == 2);
         let per_row = 1usize << (w - 1);
         let rows = digit_count(w).div_ceil(step);
         let mut points = Vec::with_capacity(rows * per_row);
@@ -413,8 +415,10 @@ impl Table {
         std::mem::size_of_val(&*self.entries)
     }
 
-    /// `acc + sum(digits[i] * 2^(w*i) * P)` over the positions `first, first + step, ...`
-    /// (minus, if `negate`).
+    /// `acc` plus (minus, if `negate`) `digits[i]` times row `i / step`'s point, over the
+    /// positions `first, first + step, ...`. Row `r` holds the multiples of `2^(w*step*r) P`, so
+    /// with `step` 1 these are the terms of `[scalar]P`; with `step` 2 the even positions give
+    /// theirs and the odd ones `2^-w` times theirs (the caller doubles their sum `w` times).
     fn add_digits(&self, mut acc: Point, digits: &[i16], first: usize, negate: bool) -> Point {
         let (per_row, count) = (1usize << (self.w - 1), digit_count(self.w));
         // The entry for position `i` and whether to subtract it, if its digit is not 0.
@@ -438,10 +442,12 @@ impl Table {
         acc
     }
 
-    /// `acc - [k]P` for a table of `step` 2: `acc` is doubled along with the odd positions' sum
-    /// unless it is the identity, so callers start from the identity.
+    /// `-[k]P`.
     fn minus_multiple(&self, k: &Scalar) -> Point {
         let d = digits(k, self.w);
+        if self.step == 1 {
+            return self.add_digits(Point::IDENTITY, &d, 0, true);
+        }
         let odd = self.add_digits(Point::IDENTITY, &d, 1, true).doubled(self.w);
         self.add_digits(odd, &d, 0, true)
     }
@@ -558,6 +564,21 @@ mod tests {
                     acc * Scalar::from(1u64 << w) + x
                 });
                 assert_eq!(sum, *s, "w {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_layout_multiplies_alike() {
+        let mut rng = rng();
+        let a = ED25519_BASEPOINT_POINT * random_scalar(&mut rng);
+        for (w, step) in [(4, 1), (4, 2), (5, 1), (5, 2), (8, 1), (8, 2)] {
+            let table = Table::new(&ours(&a), w, step);
+            for k in
+                [Scalar::ZERO, Scalar::ONE, -Scalar::ONE, random_scalar(&mut rng), random_scalar(&mut rng)]
+            {
+                let theirs = (-(a * k)).compress().to_bytes();
+                assert_eq!(table.minus_multiple(&k).compress(), theirs, "w {w} step {step}");
             }
         }
     }

@@ -449,6 +449,17 @@ pub struct AuditLog {
     durable: tokio::sync::watch::Sender<Durable>,
     answered: Mutex<AnsweredQueries>,
     counters: Mutex<DeviceCounters>,
+    /// Called by the writer before each batch (see [`AuditLog::before_each_write`]).
+    before_write: std::sync::OnceLock<BeforeWrite>,
+}
+
+/// A function the writer calls before each batch.
+struct BeforeWrite(Box<dyn Fn() + Send + Sync>);
+
+impl fmt::Debug for BeforeWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BeforeWrite")
+    }
 }
 
 impl AuditLog {
@@ -511,7 +522,15 @@ impl AuditLog {
             durable,
             answered: Mutex::new(scan.answered),
             counters: Mutex::new(scan.counters),
+            before_write: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets a function for the writer to call before each batch it writes (outside the log's
+    /// lock): the daemon writes the device counters' lines there, one write per batch instead of
+    /// one per reading. It may be set once; returns whether it was set by this call.
+    pub fn before_each_write(&self, f: impl Fn() + Send + Sync + 'static) -> bool {
+        self.before_write.set(BeforeWrite(Box::new(f))).is_ok()
     }
 
     /// Answered (`ok`) model queries per (client, model, version) found when the log was opened;
@@ -647,6 +666,9 @@ impl AuditLog {
             let batch = std::mem::take(&mut state.queue);
             let upto = state.next_seq - 1;
             drop(state);
+            if let Some(BeforeWrite(f)) = self.before_write.get() {
+                f();
+            }
             let result = (&self.file)
                 .write_all(&batch)
                 .map_err(|e| ("write", e))
@@ -1006,7 +1028,27 @@ mod tests {
             durable: tokio::sync::watch::Sender::new(Durable { seq: 0, poisoned: false }),
             answered: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
+            before_write: std::sync::OnceLock::new(),
         }
+    }
+
+    #[test]
+    fn the_hook_runs_before_each_batch_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        // The hook sees the file as it was before the batch: each call finds one record less.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (p, s) = (path.clone(), Arc::clone(&seen));
+        assert!(log.before_each_write(move || {
+            let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+            s.lock().unwrap().push(lines);
+        }));
+        assert!(!log.before_each_write(|| {}), "set once");
+        for i in 0..3 {
+            log.append(&entry(i)).unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2]);
     }
 
     #[cfg(target_os = "linux")]

@@ -149,6 +149,8 @@ pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppSta
     if restored > 0 {
         tracing::info!(devices = restored, "device counters restored from the audit log");
     }
+    // The counters' lines are written before each audit batch: one write per batch, not per reading.
+    audit.before_each_write(verifier.counter_writer());
     let repository = Repository::load(runtime, &config.repo);
     let metrics = metrics::Metrics::default();
     metrics.models_loaded.set(repository.index().len() as i64);

@@ -1,8 +1,9 @@
 //! The last accepted counter per device, kept durably: an append-only log of JSON lines
 //! (`["board-7",1042]`) in the state directory, fsynced before a counter counts as accepted.
-//! (The daemon instead writes counters without a sync and makes each one durable in the
-//! reading's audit record, restoring from the audit log at start: one fsync per reading instead
-//! of two; see `take_unsynced` and `restore`.)
+//! (The daemon instead takes counters in memory, writes their lines without a sync, in one write
+//! per audit batch, and makes each one durable in the reading's audit record, restoring from the
+//! audit log at start: one fsync per reading instead of two, and no write of its own; see
+//! `take_unsynced`, `write_unsynced` and `restore`.)
 //!
 //! Appends from concurrent readings share one write and one `sync_data` (group commit), so the
 //! cost per reading falls as load rises. A new counter is taken in memory first (so a concurrent
@@ -42,6 +43,8 @@ pub(crate) enum CounterError {
 #[derive(Debug)]
 struct State {
     last: BTreeMap<String, u64>,
+    /// Lines of counters taken with `take_unsynced`, not written yet.
+    unwritten: Vec<u8>,
     queue: Vec<u8>,
     queued: u64,
     durable: u64,
@@ -51,7 +54,15 @@ struct State {
 
 impl State {
     fn new(last: BTreeMap<String, u64>) -> State {
-        State { last, queue: Vec::new(), queued: 0, durable: 0, writing: false, poisoned: None }
+        State {
+            last,
+            unwritten: Vec::new(),
+            queue: Vec::new(),
+            queued: 0,
+            durable: 0,
+            writing: false,
+            poisoned: None,
+        }
     }
 
     /// Whether `counter` may be taken for `device`: the store is sound and it is above the last.
@@ -160,20 +171,36 @@ impl CounterStore {
         self.lock().last.get(device).copied()
     }
 
-    /// Takes `counter` for `device` if it is above the last one, and writes it to the log without
-    /// waiting for it to be durable: for a caller that makes the counter durable elsewhere before
-    /// it accepts the reading (the daemon puts it in the reading's audit record, and restores
-    /// counters from the audit log with [`CounterStore::restore`] at start).
+    /// Takes `counter` for `device` if it is above the last one, in memory: its line is written
+    /// by the next [`CounterStore::write_unsynced`] (or `restore`, `take`, or the store's drop),
+    /// without a sync. For a caller that makes the counter durable elsewhere before it accepts
+    /// the reading (the daemon puts it in the reading's audit record, writes these lines before
+    /// each audit batch, and restores counters from the audit log with
+    /// [`CounterStore::restore`] at start).
     pub(crate) fn take_unsynced(&self, device: &str, counter: u64) -> std::result::Result<(), CounterError> {
         let mut state = self.lock();
         state.admits(device, counter)?;
-        if let Err(e) = (&self.file).write_all(&line(device, counter)) {
-            let reason = format!("{}: {e}", self.path.display());
-            state.poisoned = Some(reason.clone());
-            return Err(CounterError::Storage(reason));
-        }
+        state.unwritten.extend_from_slice(&line(device, counter));
         state.last.insert(device.to_owned(), counter);
         Ok(())
+    }
+
+    /// Writes the lines of the counters taken with [`CounterStore::take_unsynced`] since the last
+    /// call, in one write, without a sync. A failed write poisons the store (every later counter
+    /// is refused) and is returned once; the counters it held are durable wherever the caller
+    /// made them so.
+    pub(crate) fn write_unsynced(&self) -> std::result::Result<(), String> {
+        let mut state = self.lock();
+        if state.unwritten.is_empty() || state.poisoned.is_some() {
+            return Ok(());
+        }
+        let result = (&self.file).write_all(&state.unwritten);
+        state.unwritten.clear();
+        result.map_err(|e| {
+            let reason = format!("{}: {e}", self.path.display());
+            state.poisoned = Some(reason.clone());
+            reason
+        })
     }
 
     /// Raises each device's last counter to at least the one given (counters taken with
@@ -184,7 +211,7 @@ impl CounterStore {
         if let Some(reason) = &state.poisoned {
             return Err(reason.clone());
         }
-        let mut lines = Vec::new();
+        let mut lines = std::mem::take(&mut state.unwritten);
         let mut raised = 0;
         for (device, &counter) in counters {
             if state.last.get(device).is_none_or(|&last| counter > last) {
@@ -193,7 +220,7 @@ impl CounterStore {
                 raised += 1;
             }
         }
-        if raised > 0 {
+        if !lines.is_empty() {
             let result = (&self.file).write_all(&lines).and_then(|()| self.file.sync_data());
             if let Err(e) = result {
                 let reason = format!("{}: {e}", self.path.display());
@@ -223,7 +250,8 @@ impl CounterStore {
                 state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            let batch = std::mem::take(&mut state.queue);
+            let mut batch = std::mem::take(&mut state.unwritten);
+            batch.append(&mut state.queue);
             let upto = state.queued;
             state.writing = true;
             drop(state);
@@ -239,6 +267,15 @@ impl CounterStore {
                     return Err(CounterError::Storage(reason));
                 }
             }
+        }
+    }
+}
+
+impl Drop for CounterStore {
+    /// Writes the counters' lines not written yet (a clean shutdown leaves the log complete).
+    fn drop(&mut self) {
+        if let Err(reason) = self.write_unsynced() {
+            tracing::warn!(%reason, "device counters: the last lines could not be written");
         }
     }
 }
@@ -294,6 +331,40 @@ mod tests {
         drop(store);
         let reopened = CounterStore::open(dir.path()).unwrap();
         assert_eq!((reopened.last("a"), reopened.last("b"), reopened.last("c")), (Some(5), Some(9), Some(1)));
+    }
+
+    #[test]
+    fn unsynced_lines_are_written_in_one_write_and_at_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(COUNTERS_LOG);
+        let store = CounterStore::open(dir.path()).unwrap();
+        store.take_unsynced("a", 1).unwrap();
+        store.take_unsynced("b", 7).unwrap();
+        store.take_unsynced("a", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "taken in memory only");
+        store.write_unsynced().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\"a\",1]\n[\"b\",7]\n[\"a\",2]\n");
+        store.write_unsynced().unwrap();
+        store.take_unsynced("c", 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3, "each line written once");
+        drop(store);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("[\"c\",3]\n"), "written at drop");
+        let reopened = CounterStore::open(dir.path()).unwrap();
+        assert_eq!((reopened.last("a"), reopened.last("b"), reopened.last("c")), (Some(2), Some(7), Some(3)));
+    }
+
+    #[test]
+    fn a_failed_unsynced_write_refuses_every_later_counter() {
+        let store = CounterStore {
+            path: PathBuf::from("/dev/full"),
+            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            state: Mutex::new(State::new(BTreeMap::new())),
+            wake: Condvar::new(),
+        };
+        store.take_unsynced("a", 1).unwrap();
+        assert!(store.write_unsynced().unwrap_err().contains("/dev/full"));
+        assert!(matches!(store.take_unsynced("b", 1), Err(CounterError::Storage(_))));
+        assert_eq!(store.write_unsynced(), Ok(()), "the failure is reported once");
     }
 
     #[test]

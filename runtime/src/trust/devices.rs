@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
@@ -193,7 +194,7 @@ impl DeviceRegistry {
 #[derive(Debug)]
 pub struct ReadingVerifier {
     registry: DeviceRegistry,
-    counters: CounterStore,
+    counters: Arc<CounterStore>,
     freshness: Duration,
 }
 
@@ -209,7 +210,7 @@ impl ReadingVerifier {
         let registry = DeviceRegistry::open(state_dir)?;
         let counters = CounterStore::open(state_dir)?;
         DeviceKey::prepare();
-        Ok(ReadingVerifier { registry, counters, freshness })
+        Ok(ReadingVerifier { registry, counters: Arc::new(counters), freshness })
     }
 
     /// Checks a reading: format, registered and unrevoked device, its key, the strict signature,
@@ -250,14 +251,28 @@ impl ReadingVerifier {
         Ok(())
     }
 
-    /// As [`ReadingVerifier::record`], but without waiting for the counter to be durable: the
-    /// caller must make it durable itself before accepting the reading (the daemon does so in the
-    /// reading's audit record) and hand such counters back to
-    /// [`ReadingVerifier::restore_counters`] when it starts.
+    /// As [`ReadingVerifier::record`], but without waiting for the counter to be durable, nor
+    /// writing it: the caller must make it durable itself before accepting the reading (the
+    /// daemon does so in the reading's audit record), hand such counters back to
+    /// [`ReadingVerifier::restore_counters`] when it starts, and call [`ReadingVerifier::counter_writer`]'s
+    /// function now and then to write their lines to the counter log (the daemon's audit log
+    /// calls it before each batch it writes).
     pub fn record_unsynced(&self, signed: &SignedReading) -> std::result::Result<(), ReadingError> {
         let r = &signed.reading;
         let device = r.device_id.as_str();
         self.counters.take_unsynced(device, r.counter).map_err(|e| counter_error(device, r.counter, e))
+    }
+
+    /// A function that writes the lines of the counters taken by
+    /// [`ReadingVerifier::record_unsynced`] since its last call, in one write, without a sync.
+    /// After a failed write every later reading is refused (the failure is logged once).
+    pub fn counter_writer(&self) -> impl Fn() + Send + Sync + 'static {
+        let counters = Arc::clone(&self.counters);
+        move || {
+            if let Err(reason) = counters.write_unsynced() {
+                tracing::error!(%reason, "device counters: writing the log failed; refusing every later reading");
+            }
+        }
     }
 
     /// Raises the devices' last counters to at least these (from the audit log), durably.

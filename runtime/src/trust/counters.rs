@@ -353,14 +353,21 @@ mod tests {
         assert_eq!((reopened.last("a"), reopened.last("b"), reopened.last("c")), (Some(2), Some(7), Some(3)));
     }
 
-    #[test]
-    fn a_failed_unsynced_write_refuses_every_later_counter() {
-        let store = CounterStore {
+    /// A store whose every write fails: /dev/full accepts opens and fails writes with ENOSPC.
+    #[cfg(target_os = "linux")]
+    fn store_on_dev_full() -> CounterStore {
+        CounterStore {
             path: PathBuf::from("/dev/full"),
             file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
             state: Mutex::new(State::new(BTreeMap::new())),
             wake: Condvar::new(),
-        };
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_unsynced_write_refuses_every_later_counter() {
+        let store = store_on_dev_full();
         store.take_unsynced("a", 1).unwrap();
         assert!(store.write_unsynced().unwrap_err().contains("/dev/full"));
         assert!(matches!(store.take_unsynced("b", 1), Err(CounterError::Storage(_))));
@@ -390,12 +397,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_failed_write_refuses_this_and_every_later_counter() {
-        let store = CounterStore {
-            path: PathBuf::from("/dev/full"),
-            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
-            state: Mutex::new(State::new(BTreeMap::new())),
-            wake: Condvar::new(),
-        };
+        let store = store_on_dev_full();
         assert!(matches!(store.take("a", 1), Err(CounterError::Storage(_))));
         assert!(matches!(store.take("b", 1), Err(CounterError::Storage(_))));
     }

@@ -6,14 +6,15 @@
 //! (about 256 doublings), compresses `R'` and compares it with the signature's `R`. A device
 //! sends many readings under one key `A`, so `[k]A` can come from a precomputed table of `A`'s
 //! multiples as `[s]B` can from one of the basepoint's: [`super::edwards`] holds both (radix 16
-//! for keys, 31 KiB each; radix 256 for the basepoint, one per process) and adds up one entry per
+//! for keys, 30 KiB each; radix 256 for the basepoint, one per process) and adds up one entry per
 //! digit, in variable time (the inputs are public). Building a key's table costs about 230 us
 //! (two `verify_strict`s), so the registry builds at most [`MAX_KEY_TABLES`] of them, lazily; keys beyond that
 //! are checked by `verify_strict` itself.
 //!
 //! The check accepts exactly what `verify_strict` accepts (the unit tests compare both on valid,
 //! mutated and crafted signatures). `verify_strict` accepts when:
-//! 1. `s` is canonical (`s < l`);
+//! 1. `s` is canonical (`s < l`; ed25519-dalek's `legacy_compatibility` feature, which would
+//!    relax this, is off, and a test would fail if it were turned on);
 //! 2. `R`'s bytes decompress to a point that is not of small order;
 //! 3. `A` is not of small order;
 //! 4. `compress([s]B - [k]A)` equals `R`'s bytes, with `k = SHA-512(R || A || M) mod l`.
@@ -34,7 +35,7 @@ use sha2::{Digest as _, Sha512};
 
 use super::edwards::{self, Point, Table};
 
-/// The most key tables one registry builds: 31 KiB each, so at most 31 MiB. Devices past this
+/// The most key tables one registry builds: 30 KiB each, so at most 30 MiB. Devices past this
 /// many are checked without one (the same result, about 2.8x the time).
 pub const MAX_KEY_TABLES: usize = 1024;
 
@@ -110,6 +111,9 @@ impl DeviceKey {
         budget: &TableBudget,
     ) -> Result<(), BadSignature> {
         let table = self.table.get_or_init(|| {
+            if self.small_order {
+                return None; // Every signature is refused: no table needed.
+            }
             // The key decoded when it was wrapped, so it decodes here too.
             let point = Point::decompress(self.key.as_bytes())?;
             budget.take().then(|| Box::new(Table::for_key(&point)))

@@ -93,7 +93,7 @@ pub struct DeviceRegistry {
     /// (about a tenth of a strict check), with its table of multiples once it has been used. A
     /// record whose key does not parse has none.
     keys: HashMap<String, DeviceKey>,
-    /// Bounds the memory the keys' tables take (31 KiB each).
+    /// Bounds the memory the keys' tables take (30 KiB each).
     tables: TableBudget,
 }
 

@@ -6,7 +6,7 @@
 //! cannot be read any other way. A signature check handles public data only (the key, the
 //! signature, the message), so it may take time that depends on them, as ed25519-dalek's own
 //! `verify_strict` does (its double-base multiplication is variable-time). Here a lookup reads
-//! the one entry it needs, and the basepoint's table can be large enough for 33 additions.
+//! the one entry it needs, and the basepoint's table can be large enough for 32 additions.
 //!
 //! What is written here and what is not:
 //! - The field arithmetic is fiat-crypto's (`curve25519_64`), generated from a machine-checked
@@ -20,10 +20,10 @@
 //!   points, and `device_key`'s tests compare whole checks with ed25519-dalek's `verify_strict`.
 //!
 //! Tables (each entry an affine Niels point, 120 bytes):
-//! - the basepoint's: radix 256, every position (33 rows of 128 multiples, 495 KiB, built once
-//!   per process in about 4 ms): 33 additions, no doublings;
-//! - a key's: radix 16, even positions only (33 rows of 8, 31 KiB, about 0.4 ms): 65 additions
-//!   and 4 doublings, as curve25519-dalek's radix-16 table does.
+//! - the basepoint's: radix 256, every position (32 rows of 128 multiples, 480 KiB, built once
+//!   per process in about 4 ms): at most 32 additions, no doublings;
+//! - a key's: radix 16, even positions only (32 rows of 8, 30 KiB, about 0.23 ms): at most 64
+//!   additions and 4 doublings, as curve25519-dalek's radix-16 table does.
 
 #![allow(non_snake_case)]
 
@@ -319,13 +319,14 @@ fn prefetch(entry: &Niels) {
     let _ = entry;
 }
 
-/// The most digits a scalar below `2^253` has in radix `2^w` for `w >= 4`, with the carry.
-const MAX_DIGITS: usize = 65;
+/// The most digits a scalar below `2^253` has in radix `2^w` for `w >= 4`.
+const MAX_DIGITS: usize = 64;
 
-/// How many signed radix-`2^w` digits a scalar below `2^253` needs (one more than its windows,
-/// for the last carry).
+/// How many signed radix-`2^w` digits a scalar below `2^253` needs, for `4 <= w <= 8`: its
+/// windows of `w` bits, and no more, since the top window leaves at least 2 bits spare (256,
+/// 255, 258, 259 and 256 bits in all), so it stays below `2^(w-1)` with the carry added.
 const fn digit_count(w: u32) -> usize {
-    253usize.div_ceil(w as usize) + 1
+    253usize.div_ceil(w as usize)
 }
 
 /// The signed radix-`2^w` digits of a reduced scalar, least significant first, each in
@@ -334,6 +335,7 @@ fn digits(scalar: &Scalar, w: u32) -> [i16; MAX_DIGITS] {
     let bytes = scalar.as_bytes();
     let limbs: [u64; 4] =
         std::array::from_fn(|i| u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|j| bytes[8 * i + j])));
+    debug_assert!((4..=8).contains(&w) && digit_count(w) <= MAX_DIGITS);
     let (mask, half, full) = ((1u64 << w) - 1, 1i64 << (w - 1), 1i64 << w);
     let mut out = [0i16; MAX_DIGITS];
     let mut carry = 0i64;
@@ -353,6 +355,7 @@ fn digits(scalar: &Scalar, w: u32) -> [i16; MAX_DIGITS] {
         carry = (v + half) >> w;
         *digit = (v - carry * full) as i16;
     }
+    debug_assert_eq!(carry, 0, "a scalar below 2^253");
     out
 }
 
@@ -604,7 +607,7 @@ mod tests {
                 assert_eq!(recompute_r(base, &table, &s, &k), theirs);
             }
         }
-        assert_eq!(Table::for_key(&ours(&keys[0])).bytes(), 33 * 8 * 120);
-        assert_eq!(base.bytes(), 33 * 128 * 120);
+        assert_eq!(Table::for_key(&ours(&keys[0])).bytes(), 32 * 8 * 120);
+        assert_eq!(base.bytes(), 32 * 128 * 120);
     }
 }

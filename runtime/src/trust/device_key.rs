@@ -23,7 +23,8 @@
 //! `R`'s bytes are the canonical encoding of `R'`, so they decompress to `R'` itself and (2)
 //! reduces to "`R'` is not of small order", that is, `R`'s bytes are not the encoding of one of
 //! the 8 points of order dividing 8; when (4) fails, both refuse. This saves the square root of
-//! a decompression and the cofactor multiplication. (3) is checked once, when the key is wrapped.
+//! a decompression and the cofactor multiplication. (3) is checked once, when the key's table
+//! would be built: a key of small order gets none, and `verify_strict` itself refuses it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
@@ -52,8 +53,6 @@ pub struct BadSignature;
 #[derive(Debug)]
 pub struct DeviceKey {
     key: VerifyingKey,
-    /// Is `A` of small order? `verify_strict` refuses every signature of such a key.
-    small_order: bool,
     /// Built at the first check, if the registry's budget allows; `None` if it did not.
     table: OnceLock<Option<Box<Table>>>,
 }
@@ -87,7 +86,7 @@ impl TableBudget {
 impl DeviceKey {
     /// Wraps a key; its table is built at its first check.
     pub fn new(key: VerifyingKey) -> DeviceKey {
-        DeviceKey { small_order: key.to_edwards().is_small_order(), key, table: OnceLock::new() }
+        DeviceKey { key, table: OnceLock::new() }
     }
 
     /// The key.
@@ -111,10 +110,12 @@ impl DeviceKey {
         budget: &TableBudget,
     ) -> Result<(), BadSignature> {
         let table = self.table.get_or_init(|| {
-            if self.small_order {
-                return None; // Every signature is refused: no table needed.
+            // (3) of the module's list: every signature of such a key is refused, by
+            // `verify_strict` below, so it needs no table.
+            if self.key.to_edwards().is_small_order() {
+                return None;
             }
-            // The key decoded when it was wrapped, so it decodes here too.
+            // The key decoded when its `VerifyingKey` was made, so it decodes here too.
             let point = Point::decompress(self.key.as_bytes())?;
             budget.take().then(|| Box::new(Table::for_key(&point)))
         });
@@ -131,12 +132,9 @@ impl DeviceKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), BadSignature> {
-        // (1) and (3) of the module's list.
+        // (1) of the module's list; (3) held when the table was built.
         let s =
             Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes())).ok_or(BadSignature)?;
-        if self.small_order {
-            return Err(BadSignature);
-        }
         let r = signature.r_bytes();
         let k = Scalar::from_hash(
             Sha512::new().chain_update(r).chain_update(self.key.as_bytes()).chain_update(message),

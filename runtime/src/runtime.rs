@@ -1,8 +1,10 @@
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use warden_wire::guest::{InputFact, LoadRequest, ModelInfo};
 use warden_wire::manifest::Manifest;
 
@@ -162,8 +164,8 @@ impl RuntimeBuilder {
     }
 
     /// Make guest calls on wasmtime's fiber stacks, so that [`Model::infer_async`] runs a model
-    /// in the calling task (yielding to the executor at every epoch tick) rather than handing it
-    /// to tokio's blocking pool. For servers that answer from async tasks, as `warden serve`
+    /// in a task (yielding to the executor at every epoch tick), with the calls queued
+    /// meanwhile back to back, rather than handing each to tokio's blocking pool. For servers that answer from async tasks, as `warden serve`
     /// does. By default `false`: a blocking [`Model::infer`] then costs about 1 us less.
     pub fn async_calls(mut self, on: bool) -> Self {
         self.async_calls = on;
@@ -336,14 +338,19 @@ impl Runtime {
             memory_limit,
             max_instances: self.instances_per_model,
             max_input_bytes: self.max_input_bytes,
-            pool: Mutex::new(Pool { idle: Vec::new(), live: 0, waiting: 0 }),
+            pool: Mutex::new(Pool { idle: Vec::new(), live: 0, waiting: 0, queue: VecDeque::new() }),
             freed: Condvar::new(),
             runs: AtomicU64::new(0),
+            runs_in_a_row: AtomicU64::new(0),
             bundle,
         });
         let started = Instant::now();
         let first = inner.new_instance()?;
-        inner.release(first, true, true);
+        {
+            let mut pool = inner.lock();
+            pool.live = 1;
+            pool.idle.push(first);
+        }
         let load_time = started.elapsed();
         Ok(Model { inner, load_time })
     }
@@ -351,10 +358,23 @@ impl Runtime {
 
 struct Pool {
     idle: Vec<GuestInstance>,
+    /// Instances in use, idle, or being loaded: at most `max_instances`.
     live: usize,
     /// Callers blocked in `acquire`: `release` wakes one only if there are any, since a
     /// condition variable's notify is a futex syscall even with nobody waiting.
     waiting: usize,
+    /// Runs from tasks that found every instance in use, in arrival order. Whoever gives an
+    /// instance back takes the first of these with it, so a queued run is never stranded: while
+    /// this is not empty, every live instance is held by a run.
+    queue: VecDeque<Job>,
+}
+
+/// A run asked for from a task ([`Model::infer_async`]): its inputs, and where its outputs go.
+struct Job {
+    inputs: Vec<Tensor>,
+    reply: oneshot::Sender<Result<Vec<Tensor>, SandboxError>>,
+    /// The runtime of the task that asked, on which its runner is spawned.
+    tokio: tokio::runtime::Handle,
 }
 
 struct ModelInner {
@@ -369,9 +389,15 @@ struct ModelInner {
     pool: Mutex<Pool>,
     freed: Condvar,
     runs: AtomicU64,
+    /// Runs made on an instance right after another run on it, by one runner.
+    runs_in_a_row: AtomicU64,
 }
 
 impl ModelInner {
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn new_instance(&self) -> Result<GuestInstance, SandboxError> {
         let mut instance = self.sandbox.instantiate(self.memory_limit, self.load_timeout)?;
         instance.load(
@@ -381,8 +407,10 @@ impl ModelInner {
         Ok(instance)
     }
 
-    fn acquire(&self) -> Result<GuestInstance, SandboxError> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+    /// An instance for a blocking run: an idle one, a new one while the pool has room, or the
+    /// next one given back.
+    fn acquire(self: &Arc<Self>) -> Result<GuestInstance, SandboxError> {
+        let mut pool = self.lock();
         loop {
             if let Some(instance) = pool.idle.pop() {
                 return Ok(instance);
@@ -390,11 +418,7 @@ impl ModelInner {
             if pool.live < self.max_instances {
                 pool.live += 1;
                 drop(pool);
-                return self.new_instance().inspect_err(|_| {
-                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-                    pool.live -= 1;
-                    self.unlock_and_wake(pool);
-                });
+                return self.new_instance().inspect_err(|_| self.give_back(None));
             }
             pool.waiting += 1;
             pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
@@ -404,39 +428,72 @@ impl ModelInner {
 
     /// An idle instance, if there is one: never waits for one, nor loads one.
     fn try_acquire_idle(&self) -> Option<GuestInstance> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle.pop()
+        self.lock().idle.pop()
     }
 
-    /// Runs the inputs on `instance` (taken from this pool) and gives it back: to the idle ones
-    /// unless the sandbox stopped it.
-    async fn run(&self, mut instance: GuestInstance, inputs: &[Tensor]) -> Result<Vec<Tensor>, SandboxError> {
+    /// Runs the inputs on this thread, waiting for an instance if none is idle.
+    fn run_blocking(self: &Arc<Self>, inputs: &[Tensor]) -> Result<Vec<Tensor>, SandboxError> {
+        // Taken before the run's executor starts: loading a new instance runs one of its own.
+        let instance = self.acquire()?;
+        self.sandbox.calls().finish(self.run_on(instance, inputs))
+    }
+
+    /// Runs the inputs on `instance` (taken from this pool) and gives it back unless the
+    /// sandbox stopped it. Dropped midway, the run gives up its place, and its instance with it.
+    async fn run_on(
+        self: &Arc<Self>,
+        mut instance: GuestInstance,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>, SandboxError> {
         let mut slot = Slot { model: self, held: true };
         self.runs.fetch_add(1, Ordering::Relaxed);
         let result = instance.run(inputs, self.timeout).await;
-        let healthy = match &result {
-            Ok(_) | Err(SandboxError::Guest { .. }) => true,
-            Err(_) => false,
-        };
         slot.held = false;
-        self.release(instance, healthy, false);
+        self.give_back(healthy(&result).then_some(instance));
         result
     }
 
-    fn release(&self, instance: GuestInstance, healthy: bool, fresh: bool) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh {
-            pool.live += 1;
-        }
-        if healthy {
-            pool.idle.push(instance);
-        } else {
-            pool.live -= 1;
-        }
-        self.unlock_and_wake(pool);
+    /// Starts a run from a task: at once, on an idle instance or a new one while the pool has
+    /// room, in a runner task of its own; or else queued, for the next instance given back.
+    /// The runner waits for the calls ready beside it only when this took the last idle
+    /// instance: under a lighter load, that wait would only add to the call's latency.
+    fn submit(self: &Arc<Self>, job: Job) {
+        let mut pool = self.lock();
+        let (instance, gather) = match pool.idle.pop() {
+            Some(instance) => (Some(instance), pool.idle.is_empty()),
+            None if pool.live < self.max_instances => {
+                pool.live += 1;
+                (None, false)
+            }
+            None => {
+                pool.queue.push_back(job);
+                return;
+            }
+        };
+        drop(pool);
+        Runner::spawn(self.clone(), instance, job, gather);
     }
 
-    /// Releases the pool's lock and wakes one caller blocked in `acquire`, if any is.
-    fn unlock_and_wake(&self, pool: MutexGuard<'_, Pool>) {
+    /// Gives back a place in the pool, with its instance unless the sandbox stopped it (then a
+    /// new one is loaded when needed): to the first queued run, if there is one, else to the
+    /// idle instances (or the room for a new one), waking a blocked caller.
+    fn give_back(self: &Arc<Self>, instance: Option<GuestInstance>) {
+        let mut pool = self.lock();
+        if let Some(job) = pool.queue.pop_front() {
+            drop(pool);
+            Runner::spawn(self.clone(), instance, job, true);
+            return;
+        }
+        self.put_back(pool, instance);
+    }
+
+    /// With no run queued: `instance` joins the idle ones (or, if the sandbox stopped it, its
+    /// room is freed) and a caller blocked in `acquire`, if any, is woken.
+    fn put_back(&self, mut pool: MutexGuard<'_, Pool>, instance: Option<GuestInstance>) {
+        match instance {
+            Some(instance) => pool.idle.push(instance),
+            None => pool.live -= 1,
+        }
         let wake = pool.waiting > 0;
         drop(pool);
         if wake {
@@ -445,19 +502,125 @@ impl ModelInner {
     }
 }
 
-/// A run's place in its model's pool, given up if the run is dropped midway (a yielding run
-/// whose task was cancelled): the instance, stopped in the middle of a call, goes with it.
+/// Whether an instance is still sound after a run with this result: the guest's own errors
+/// leave it so; a trap, a deadline or the memory cap do not.
+fn healthy<T>(result: &Result<T, SandboxError>) -> bool {
+    matches!(result, Ok(_) | Err(SandboxError::Guest { .. }))
+}
+
+/// A run's place in its model's pool, given up if the run is dropped midway.
 struct Slot<'a> {
-    model: &'a ModelInner,
+    model: &'a Arc<ModelInner>,
     held: bool,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.held {
-            let mut pool = self.model.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.live -= 1;
-            self.model.unlock_and_wake(pool);
+            self.model.give_back(None);
+        }
+    }
+}
+
+/// A task that holds one place in a model's pool (an instance, or the room to load one) and
+/// runs jobs on it back to back: its first, then the queued ones, until the queue is empty.
+///
+/// Runs that follow one another on one instance find its code and data still in the CPU's
+/// caches; a run made between other requests' work found them evicted and took about twice as
+/// long (benches/README.md). So under load (its call took the model's last idle instance, or
+/// was queued) a runner yields once before its first run: tokio defers a yielded task until
+/// its worker has polled every task ready there, and the calls among those queue behind it
+/// meanwhile.
+///
+/// A job whose caller has gone (its future dropped: a client that hung up) is skipped, and
+/// one whose caller goes while it runs is stopped at the guest's next yield, its instance
+/// discarded. If the runner itself is dropped midway (its runtime shutting down) or panics, its
+/// place goes to the next queued job, as when it ends.
+struct Runner {
+    model: Arc<ModelInner>,
+    instance: Option<GuestInstance>,
+    /// False once the place has been given back.
+    held: bool,
+}
+
+impl Runner {
+    /// Spawns a runner for `job`, which first lets the tasks ready beside it queue their calls
+    /// if `gather` is set.
+    fn spawn(model: Arc<ModelInner>, instance: Option<GuestInstance>, job: Job, gather: bool) {
+        let tokio = job.tokio.clone();
+        let runner = Runner { model, instance, held: true };
+        tokio.spawn(runner.serve(job, gather));
+    }
+
+    async fn serve(mut self, mut job: Job, gather: bool) {
+        if gather {
+            tokio::task::yield_now().await;
+        }
+        let mut after_a_run = false;
+        loop {
+            if !job.reply.is_closed() {
+                if after_a_run && self.instance.is_some() {
+                    self.model.runs_in_a_row.fetch_add(1, Ordering::Relaxed);
+                }
+                let result = tokio::select! {
+                    biased;
+                    result = self.run(&job.inputs) => Some(result),
+                    () = job.reply.closed() => None,
+                };
+                match result {
+                    Some(result) => {
+                        // The caller may have gone since: its outputs are dropped.
+                        let _ = job.reply.send(result);
+                        after_a_run = true;
+                    }
+                    None => {
+                        // Stopped midway: the instance is discarded with its call.
+                        self.instance = None;
+                        after_a_run = false;
+                    }
+                }
+            }
+            let mut pool = self.model.lock();
+            match pool.queue.pop_front() {
+                Some(next) => job = next,
+                None => {
+                    self.held = false;
+                    self.model.put_back(pool, self.instance.take());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One run on this runner's instance, loaded first (on tokio's blocking pool) if it has
+    /// none. An instance the sandbox stopped is dropped; the place stays, for the next run.
+    async fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, SandboxError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => {
+                let model = self.model.clone();
+                let loaded =
+                    tokio::task::spawn_blocking(move || model.new_instance()).await.unwrap_or_else(|e| {
+                        Err(SandboxError::Trap(format!("loading an instance failed: {e}")))
+                    })?;
+                self.instance.insert(loaded)
+            }
+        };
+        self.model.runs.fetch_add(1, Ordering::Relaxed);
+        let result = instance.run(inputs, self.model.timeout).await;
+        if !healthy(&result) {
+            self.instance = None;
+        }
+        result
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if self.held {
+            // Dropped midway: the instance may be stopped in the middle of a call.
+            self.instance = None;
+            self.model.give_back(None);
         }
     }
 }
@@ -505,53 +668,74 @@ impl Model {
         self.inner.runs.load(Ordering::Relaxed)
     }
 
+    /// How many runs followed another on the same instance, back to back, because they were
+    /// queued behind it ([`Model::infer_async`]).
+    pub fn runs_in_a_row(&self) -> u64 {
+        self.inner.runs_in_a_row.load(Ordering::Relaxed)
+    }
+
     /// Validates the inputs against the manifest, runs the model in the sandbox, checks its
     /// outputs against the manifest and applies the output policy.
     pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
-        self.run_blocking(&inputs)
+        self.infer_validated(&inputs)
     }
 
-    /// [`Model::infer`] for a task of a [tokio] runtime, without handing the run to another
-    /// thread when it need not be.
+    /// [`Model::infer`] for a task of a [tokio] runtime, without holding its thread.
     ///
-    /// With [`RuntimeBuilder::async_calls`] on, a model with an idle instance runs in this
-    /// task, and its guest call yields to the executor at every epoch tick (5 ms): a long or
-    /// hostile model holds an executor thread for one tick at a time, and is stopped at its
-    /// deadline all the same. Otherwise (or with no instance idle) the run, with the wait for
-    /// an instance or the load of a new one, goes to tokio's blocking pool; outside a tokio
-    /// runtime it blocks the caller, as [`Model::infer`] does. Dropping the future stops a run
-    /// in this task and discards its instance.
+    /// With [`RuntimeBuilder::async_calls`] on, the run goes to a task of the model's own (a
+    /// runner), on an idle instance, a new one while the pool has room, or else the first one
+    /// given back. A runner runs the calls that queue meanwhile back to back, while the model's
+    /// code and data are still in the CPU's caches: under load, that is most of them. Its guest
+    /// calls yield to the executor at every epoch tick (5 ms), so a long or hostile model holds
+    /// an executor thread for one tick at a time, and is stopped at its deadline all the same.
+    /// Dropping the future stops its run (at the next tick; the instance is discarded) or
+    /// takes it out of the queue.
+    ///
+    /// Otherwise the run, with the wait for an instance or the load of a new one, goes to
+    /// tokio's blocking pool; outside a tokio runtime it blocks the caller, as [`Model::infer`]
+    /// does.
     ///
     /// A run in a task holds its instance while it yields, so a blocking [`Model::infer`] made
     /// on a thread of the same tokio runtime may wait for an instance whose run needs that very
     /// thread: from tasks, call only this.
     pub async fn infer_async(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
-        let idle = match self.inner.sandbox.calls() {
-            Calls::Yielding => self.inner.try_acquire_idle(),
+        let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+            // Outside tokio: on an idle instance, in this future (another executor's, maybe,
+            // which must not be blocked on here); else as `infer` does.
+            let outputs = match self.inner.try_acquire_idle() {
+                Some(instance) => self.inner.run_on(instance, &inputs).await?,
+                None => self.inner.run_blocking(&inputs)?,
+            };
+            return self.checked(outputs);
+        };
+        let outputs = match self.inner.sandbox.calls() {
+            Calls::Yielding => {
+                let (reply, outputs) = oneshot::channel();
+                self.inner.submit(Job { inputs, reply, tokio });
+                outputs.await.unwrap_or_else(|_| {
+                    Err(SandboxError::Trap("the model's run was cancelled: its runner stopped".into()))
+                })?
+            }
             // A blocking guest call would hold this task's thread until its deadline.
-            Calls::Blocking => None,
+            Calls::Blocking => {
+                let inner = self.inner.clone();
+                match tokio.spawn_blocking(move || inner.run_blocking(&inputs)).await {
+                    Ok(result) => result?,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => {
+                        return Err(SandboxError::Trap(format!("the model's run was cancelled: {e}")).into());
+                    }
+                }
+            }
         };
-        let Some(instance) = idle else {
-            let Ok(tokio) = tokio::runtime::Handle::try_current() else {
-                return self.run_blocking(&inputs);
-            };
-            let model = self.clone();
-            return match tokio.spawn_blocking(move || model.run_blocking(&inputs)).await {
-                Ok(result) => result,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => Err(SandboxError::Trap(format!("the model's run was cancelled: {e}")).into()),
-            };
-        };
-        let outputs = self.inner.run(instance, &inputs).await?;
         self.checked(outputs)
     }
 
     /// Runs validated inputs on this thread, waiting for an instance if none is idle.
-    fn run_blocking(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let instance = self.inner.acquire()?;
-        let outputs = instance.calls().finish(self.inner.run(instance, inputs))?;
+    fn infer_validated(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let outputs = self.inner.run_blocking(inputs)?;
         self.checked(outputs)
     }
 

@@ -147,6 +147,48 @@ fn a_dropped_async_run_gives_its_instance_back() {
     assert_eq!(model.sandbox_runs(), 2);
 }
 
+/// Runs from tasks that find every instance busy queue behind the running one. A queued run
+/// whose caller gives up is skipped; the run behind it still gets an instance (a fresh one:
+/// the endless model's deadline discarded the first) and ends at its own deadline.
+#[test]
+fn a_queued_run_whose_caller_left_is_skipped_and_the_next_one_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let runtime = builder(&dir.path().join("state"), &publisher.trust)
+        .timeout(RUN_TIMEOUT)
+        .instances_per_model(1)
+        .async_calls(true)
+        .build()
+        .unwrap();
+    let bytes = std::fs::read(root().join("tests/fixtures/hostile/slow_matmul_chain.onnx")).unwrap();
+    let m = manifest("slow", &[("x", DType::F32, &[1, 1])], &[("y", DType::F32, &[1, 1])]);
+    let model = runtime.load_bundle(publisher.bundle(&dir.path().join("repo"), &m, &bytes)).unwrap();
+    let x = || vec![Tensor::from_f32("x", &[1, 1], &[0.5])];
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let start = Instant::now();
+    let (first, left, last) = tokio.block_on(async {
+        let first = tokio::spawn({
+            let model = model.clone();
+            async move { model.infer_async(x()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let left = tokio::time::timeout(Duration::from_millis(100), model.infer_async(x())).await;
+        let last = tokio::spawn({
+            let model = model.clone();
+            async move { model.infer_async(x()).await }
+        });
+        (first.await.unwrap(), left, last.await.unwrap())
+    });
+    let took = start.elapsed();
+    tokio.shutdown_background();
+    assert!(matches!(first, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{first:?}");
+    assert!(left.is_err(), "the queued run was answered before its caller left: {left:?}");
+    assert!(matches!(last, Err(Error::Sandbox(SandboxError::Timeout(_)))), "{last:?}");
+    // The run whose caller left never reached the sandbox.
+    assert_eq!(model.sandbox_runs(), 2);
+    assert!(took < 2 * RUN_TIMEOUT + SLACK, "two runs took {took:?}");
+}
+
 #[test]
 fn model_whose_constant_folding_takes_minutes_is_interrupted_at_load_or_at_run() {
     // Whether tract folds the constant chain while optimizing depends on the order its passes

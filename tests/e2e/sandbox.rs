@@ -1,6 +1,7 @@
 //! The sandbox's own machinery: the compiled-guest cache is integrity-checked before use, and
 //! one model serves concurrent callers from its instance pool, and requests of any size reach it;
-//! guest memory is advised for huge pages; `infer_async` answers as `infer` does.
+//! guest memory is advised for huge pages; `infer_async` answers as `infer` does, and runs the
+//! calls that queue back to back.
 
 use std::sync::Arc;
 
@@ -101,6 +102,53 @@ fn infer_async_answers_from_tasks_and_outside_a_runtime() {
         assert_eq!(outside, expected[0], "async_calls {async_calls}");
         assert_eq!(model.sandbox_runs(), fixture.cases.len() as u64 + 81, "async_calls {async_calls}");
     }
+}
+
+/// Calls from tasks that find the model's one instance busy queue behind the run in progress,
+/// and its runner takes them back to back: each still gets its own answer (the cases differ),
+/// and blocking calls made meanwhile from other threads are served too.
+#[test]
+fn queued_async_calls_run_back_to_back_and_each_gets_its_own_answer() {
+    let fixture = Arc::new(Fixture::load(&root().join("models/fixtures/digits.reference.json")));
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = builder(dir.path(), &root().join("models/dev-trust"))
+        .async_calls(true)
+        .instances_per_model(1)
+        .build()
+        .unwrap();
+    let model = runtime.load_bundle(root().join("models/repo/digits/1")).unwrap();
+    let expected: Arc<Vec<Vec<Tensor>>> =
+        Arc::new(fixture.cases.iter().map(|c| model.infer(tensors(&c.inputs)).unwrap()).collect());
+    let blocking = std::thread::spawn({
+        let (model, fixture, expected) = (model.clone(), fixture.clone(), expected.clone());
+        move || {
+            for n in 0..20 {
+                let n = n % fixture.cases.len();
+                assert_eq!(model.infer(tensors(&fixture.cases[n].inputs)).unwrap(), expected[n]);
+            }
+        }
+    });
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let (model, fixture, expected) = (model.clone(), fixture.clone(), expected.clone());
+            tokio.spawn(async move {
+                for i in 0..4 {
+                    let n = (t * 7 + i) % fixture.cases.len();
+                    let out = model.infer_async(tensors(&fixture.cases[n].inputs)).await.unwrap();
+                    assert_eq!(out, expected[n], "task {t}, call {i}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio.block_on(task).unwrap();
+    }
+    blocking.join().unwrap();
+    assert_eq!(model.sandbox_runs(), fixture.cases.len() as u64 + 20 + 256);
+    // 64 tasks at once on one instance: most runs waited in the queue and followed another.
+    let in_a_row = model.runs_in_a_row();
+    assert!(in_a_row >= 128, "only {in_a_row} of 256 runs followed another on the same instance");
 }
 
 /// The host writes a run request straight into the guest's buffer from the last reserve while it

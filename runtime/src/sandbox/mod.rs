@@ -207,7 +207,9 @@ fn on_tick(state: &StoreState) -> UpdateDeadline {
     if Instant::now() >= state.deadline {
         UpdateDeadline::Interrupt
     } else if state.calls == Calls::Yielding {
-        UpdateDeadline::Yield(1)
+        // tokio's yield lets its worker run every other task ready there, and poll for I/O
+        // and timers, before this call goes on (outside tokio it resumes at once).
+        UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
     } else {
         UpdateDeadline::Continue(1)
     }

@@ -412,7 +412,8 @@ fn count_sandbox_failure(state: &AppState, model: &str, e: &Error) {
 }
 
 /// Runs `inputs` through `model` (validation, sandbox, output policy), counting sandbox
-/// failures: in this task while an instance is idle (`Model::infer_async`).
+/// failures: in the model's runner task, back to back with the runs queued beside it
+/// (`Model::infer_async`).
 async fn run_model(state: &AppState, model: &Model, inputs: Vec<Tensor>) -> ApiResult<Vec<Tensor>> {
     model.infer_async(inputs).await.map_err(|e| {
         count_sandbox_failure(state, &model.manifest().name, &e);

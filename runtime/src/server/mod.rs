@@ -2,10 +2,10 @@
 //! repository of signed bundles, plus signed sensor readings.
 //!
 //! Requests run through the same path as the library: bundle verification at load, input
-//! validation, the sandbox, output checks and the output policy. A model runs in its request's
-//! task while one of its instances is idle (`Model::infer_async`, whose guest calls yield at
-//! every epoch tick; `serve` builds the runtime with `async_calls`), on a blocking thread
-//! otherwise; each model's instance pool bounds how many run at once.
+//! validation, the sandbox, output checks and the output policy. A model runs in a runner
+//! task of its own, which takes the requests queued for it back to back (`Model::infer_async`,
+//! whose guest calls yield at every epoch tick; `serve` builds the runtime with `async_calls`);
+//! each model's instance pool bounds how many run at once.
 
 mod api;
 pub mod limits;

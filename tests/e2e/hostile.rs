@@ -117,11 +117,9 @@ fn model_run_from_an_async_task_yields_to_others_and_ends_at_its_deadline() {
     h.still_serves();
 }
 
-/// A run from an async task that is dropped midway (its task cancelled, say, by a client that
-/// hung up) gives its place in the model's pool back: with one instance per model, the next
-/// call still gets one, and ends at its own deadline.
-#[test]
-fn a_dropped_async_run_gives_its_instance_back() {
+/// The endless model, in a runtime whose calls yield, with one instance per model (and the
+/// directory that holds its state).
+fn endless_model_on_one_instance() -> (tempfile::TempDir, warden::Model) {
     let dir = tempfile::tempdir().unwrap();
     let publisher = TestPublisher::new(dir.path());
     let runtime = builder(&dir.path().join("state"), &publisher.trust)
@@ -133,6 +131,15 @@ fn a_dropped_async_run_gives_its_instance_back() {
     let bytes = std::fs::read(root().join("tests/fixtures/hostile/slow_matmul_chain.onnx")).unwrap();
     let m = manifest("slow", &[("x", DType::F32, &[1, 1])], &[("y", DType::F32, &[1, 1])]);
     let model = runtime.load_bundle(publisher.bundle(&dir.path().join("repo"), &m, &bytes)).unwrap();
+    (dir, model)
+}
+
+/// A run from an async task that is dropped midway (its task cancelled, say, by a client that
+/// hung up) gives its place in the model's pool back: with one instance per model, the next
+/// call still gets one, and ends at its own deadline.
+#[test]
+fn a_dropped_async_run_gives_its_instance_back() {
+    let (_dir, model) = endless_model_on_one_instance();
     let x = || vec![Tensor::from_f32("x", &[1, 1], &[0.5])];
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
     let (cut, next) = tokio.block_on(async {
@@ -152,17 +159,7 @@ fn a_dropped_async_run_gives_its_instance_back() {
 /// the endless model's deadline discarded the first) and ends at its own deadline.
 #[test]
 fn a_queued_run_whose_caller_left_is_skipped_and_the_next_one_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let publisher = TestPublisher::new(dir.path());
-    let runtime = builder(&dir.path().join("state"), &publisher.trust)
-        .timeout(RUN_TIMEOUT)
-        .instances_per_model(1)
-        .async_calls(true)
-        .build()
-        .unwrap();
-    let bytes = std::fs::read(root().join("tests/fixtures/hostile/slow_matmul_chain.onnx")).unwrap();
-    let m = manifest("slow", &[("x", DType::F32, &[1, 1])], &[("y", DType::F32, &[1, 1])]);
-    let model = runtime.load_bundle(publisher.bundle(&dir.path().join("repo"), &m, &bytes)).unwrap();
+    let (_dir, model) = endless_model_on_one_instance();
     let x = || vec![Tensor::from_f32("x", &[1, 1], &[0.5])];
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
     let start = Instant::now();

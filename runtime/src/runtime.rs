@@ -165,8 +165,8 @@ impl RuntimeBuilder {
 
     /// Make guest calls on wasmtime's fiber stacks, so that [`Model::infer_async`] runs a model
     /// in a task (yielding to the executor at every epoch tick), with the calls queued
-    /// meanwhile back to back, rather than handing each to tokio's blocking pool. For servers that answer from async tasks, as `warden serve`
-    /// does. By default `false`: a blocking [`Model::infer`] then costs about 1 us less.
+    /// meanwhile back to back, rather than handing each to tokio's blocking pool. For servers
+    /// that answer from async tasks, as `warden serve` does. By default `false`: a blocking [`Model::infer`] then costs about 1 us less.
     pub fn async_calls(mut self, on: bool) -> Self {
         self.async_calls = on;
         self
@@ -360,12 +360,12 @@ struct Pool {
     idle: Vec<GuestInstance>,
     /// Instances in use, idle, or being loaded: at most `max_instances`.
     live: usize,
-    /// Callers blocked in `acquire`: `release` wakes one only if there are any, since a
+    /// Callers blocked in `acquire`: `put_back` wakes one only if there are any, since a
     /// condition variable's notify is a futex syscall even with nobody waiting.
     waiting: usize,
-    /// Runs from tasks that found every instance in use, in arrival order. Whoever gives an
-    /// instance back takes the first of these with it, so a queued run is never stranded: while
-    /// this is not empty, every live instance is held by a run.
+    /// Runs from tasks that found every instance in use, in arrival order. Whoever gives a
+    /// place back gives it to the first of these, so a queued run is never stranded: while this
+    /// is not empty, every place in the pool is held by a run (a runner, or a blocking call).
     queue: VecDeque<Job>,
 }
 

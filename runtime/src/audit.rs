@@ -41,6 +41,10 @@
 //!   finds no write in progress becomes the writer: it writes everything queued with one `write`
 //!   and one `sync_data` and wakes the others, whose records that write covered. So `n`
 //!   concurrent appends cost about one fsync, not `n`.
+//! - Under load the writer can space its syncs ([`AuditLog::space_syncs`]): after a batch of at
+//!   least four records, the next starts no sooner than the set time after that one did, so the
+//!   records that arrive meanwhile share its write and sync. A record that finds no write in
+//!   progress is written at once, and so is a batch after a smaller one.
 //! - [`AuditLog::append_async`] is the same for async callers (the daemon), whose waiters hold no
 //!   thread: they are woken by a watch channel, not the condition variable. Their writer runs on
 //!   Tokio's blocking pool and goes on, batch after batch, until the queue is empty; a sync
@@ -69,7 +73,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -403,6 +407,10 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport, AuditError> {
     }
 }
 
+/// A batch of at least this many records is a sign of load: only after one does the writer
+/// space its next batch ([`AuditLog::space_syncs`]).
+const SPACED_AFTER: u64 = 4;
+
 /// State shared by appenders, under the mutex.
 #[derive(Debug)]
 struct State {
@@ -421,6 +429,8 @@ struct State {
     async_queued: u64,
     /// Set for good by the first failed write or fsync.
     poisoned: Option<String>,
+    /// Least time from the start of one batch's write to the next ([`AuditLog::space_syncs`]).
+    spacing: Duration,
 }
 
 /// How far the log is durable, as async appenders watch it.
@@ -510,6 +520,7 @@ impl AuditLog {
             writing: false,
             async_queued: 0,
             poisoned: None,
+            spacing: Duration::ZERO,
         };
         Ok(AuditLog {
             path,
@@ -528,6 +539,20 @@ impl AuditLog {
     /// one per reading. It may be set once; returns whether it was set by this call.
     pub fn before_each_write(&self, f: impl Fn() + Send + Sync + 'static) -> bool {
         self.before_write.set(BeforeWrite(Box::new(f))).is_ok()
+    }
+
+    /// Spaces the writer's batches under load: after a batch of at least four records, the
+    /// records that queued meanwhile are written (and synced) no sooner than `spacing` after that
+    /// batch started, so more records share each sync. A record that finds no write in progress
+    /// is written at once, and so is a batch after a smaller one: a lone appender, or a few,
+    /// never wait. The daemon sets it (`warden serve --audit-sync-spacing-us`):
+    /// on the virtual disks measured in benches/README.md ("Spaced audit syncs"), frequent syncs
+    /// while the CPUs are busy meet stalls of 15-26 ms. Zero (the default) writes each batch as
+    /// soon as the last sync returns.
+    pub fn space_syncs(&self, spacing: Duration) {
+        if let Ok(mut state) = self.lock() {
+            state.spacing = spacing;
+        }
     }
 
     /// Answered (`ok`) model queries per (client, model, version) found when the log was opened;
@@ -659,9 +684,25 @@ impl AuditLog {
                 && state.poisoned.is_none()
                 && until.is_none_or(|seq| state.durable < seq || state.async_queued > state.durable)
         };
+        // When the last batch started, and how many records it took.
+        let (mut last_batch, mut taken): (Option<(Instant, u64)>, u64) = (None, state.durable);
         while more(&state) {
+            let wait = last_batch
+                .filter(|&(_, records)| records >= SPACED_AFTER)
+                .map_or(Duration::ZERO, |(t, _)| state.spacing.saturating_sub(t.elapsed()));
+            if !wait.is_zero() {
+                // Only appenders run meanwhile, and they only add to the queue: `more` still holds.
+                drop(state);
+                std::thread::sleep(wait);
+                state = match self.relock() {
+                    Ok(state) => state,
+                    Err(e) => return (Err(e), failure),
+                };
+            }
             let batch = std::mem::take(&mut state.queue);
             let upto = state.next_seq - 1;
+            last_batch = Some((Instant::now(), upto - taken));
+            taken = upto;
             drop(state);
             if let Some(BeforeWrite(f)) = self.before_write.get() {
                 f();
@@ -670,12 +711,9 @@ impl AuditLog {
                 .write_all(&batch)
                 .map_err(|e| ("write", e))
                 .and_then(|()| self.file.sync_data().map_err(|e| ("fsync", e)));
-            state = match self.lock() {
+            state = match self.relock() {
                 Ok(state) => state,
-                Err(e) => {
-                    self.lock_lost(&e);
-                    return (Err(e), failure);
-                }
+                Err(e) => return (Err(e), failure),
             };
             match result {
                 Ok(()) => state.durable = upto,
@@ -689,6 +727,11 @@ impl AuditLog {
         state.writing = false;
         self.publish(&state);
         (Ok(state), failure)
+    }
+
+    /// The writer takes the lock again; if its mutex was poisoned, wakes every waiter first.
+    fn relock(&self) -> Result<MutexGuard<'_, State>, AuditError> {
+        self.lock().inspect_err(|e| self.lock_lost(e))
     }
 
     /// The state's mutex was poisoned (a thread panicked holding it): wakes every waiter, each of
@@ -1020,6 +1063,7 @@ mod tests {
                 writing: false,
                 async_queued: 0,
                 poisoned: None,
+                spacing: Duration::ZERO,
             }),
             wake: Condvar::new(),
             durable: tokio::sync::watch::Sender::new(Durable { seq: 0, poisoned: false }),
@@ -1081,5 +1125,65 @@ mod tests {
         }
         assert!(matches!(log.append(&entry(9)).unwrap_err(), AuditError::Poisoned { .. }));
         assert_eq!(log.records(), 0);
+    }
+
+    /// With syncs spaced, the records that arrive after a batch of four or more share the next
+    /// batch, which waits for the spacing. The writer's hook (run once per batch) holds each of
+    /// the first two batches for 200 ms: a first record, then eight 10 ms apart (the second
+    /// batch), then five more 50 ms apart. Spaced 2 s, those five make one batch: three in all.
+    /// Unspaced they would make more; and were the second batch spaced after the one-record first,
+    /// all thirteen would make one (two in all).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spaced_syncs_gather_the_records_that_arrive_after_a_large_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&path).unwrap());
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = batches.clone();
+        log.before_each_write(move || {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let spacing = Duration::from_secs(2);
+        log.space_syncs(spacing);
+        let started = tokio::time::Instant::now();
+        let offsets_ms = [0, 10, 20, 30, 40, 50, 60, 70, 80, 250, 300, 350, 400, 450];
+        let mut appends = Vec::new();
+        for (i, ms) in offsets_ms.into_iter().enumerate() {
+            tokio::time::sleep_until(started + Duration::from_millis(ms)).await;
+            let log = log.clone();
+            appends.push(tokio::spawn(async move { log.append_async(&entry(i)).await }));
+        }
+        let mut seqs = Vec::new();
+        for append in appends {
+            seqs.push(append.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=14).collect::<Vec<_>>());
+        assert!(
+            started.elapsed() >= spacing,
+            "the third batch started {:?} after the first",
+            started.elapsed()
+        );
+        assert_eq!(batches.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(verify(&path).unwrap().records, 14);
+    }
+
+    /// A lone appender, sync or async, never waits for the spacing: each of its records finds no
+    /// write in progress.
+    #[tokio::test]
+    async fn spaced_syncs_do_not_hold_back_a_lone_appender() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path().join("audit.log")).unwrap());
+        let spacing = Duration::from_secs(2);
+        log.space_syncs(spacing);
+        let started = Instant::now();
+        for i in 0..3 {
+            log.append(&entry(i)).unwrap();
+            log.append_async(&entry(10 + i)).await.unwrap();
+        }
+        assert!(started.elapsed() < spacing, "six appends in a row took {:?}", started.elapsed());
+        assert_eq!(log.records(), 6);
     }
 }

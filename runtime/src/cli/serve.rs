@@ -59,6 +59,11 @@ pub(super) struct ServeArgs {
     /// Requests that may wait per model beyond those running [default: 64]; more get 503.
     #[arg(long)]
     queue_depth: Option<usize>,
+    /// Least microseconds between the starts of two audit-log syncs: under load, the records that
+    /// arrive meanwhile share the next one [default: 1000; 0 syncs again as soon as the last
+    /// returns]. See benches/README.md, "Spaced audit syncs".
+    #[arg(long)]
+    audit_sync_spacing_us: Option<u64>,
     /// Threads that serve requests and run models on idle instances [default: twice the CPUs;
     /// see benches/README.md, "Model runs in the request's task"].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -106,6 +111,7 @@ impl ServeArgs {
             client_requests_per_minute: self.client_requests_per_minute.or(file.client_requests_per_minute),
             device_readings_per_minute: self.device_readings_per_minute.or(file.device_readings_per_minute),
             queue_depth: self.queue_depth.or(file.queue_depth),
+            audit_sync_spacing_us: self.audit_sync_spacing_us.or(file.audit_sync_spacing_us),
             worker_threads: self.worker_threads.or(file.worker_threads),
             log_format: self.log_format.or(file.log_format),
             dangerous_plain_http_on_network: self
@@ -168,6 +174,9 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
                 .or(defaults.limits.device_readings_per_minute),
             queue_depth: args.queue_depth.unwrap_or(defaults.limits.queue_depth),
         },
+        audit_sync_spacing: args
+            .audit_sync_spacing_us
+            .map_or(defaults.audit_sync_spacing, Duration::from_micros),
         dangerous_plain_http_on_network: args.dangerous_plain_http_on_network.unwrap_or(false),
         dangerous_no_auth_on_network: args.dangerous_no_auth_on_network.unwrap_or(false),
     };

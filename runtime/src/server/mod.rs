@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub require_tokens: bool,
     /// Host-wide rate limits and queue depth.
     pub limits: HostLimits,
+    /// Least time between the starts of two audit-log writes (each with its sync); records that
+    /// arrive meanwhile share the next one ([`crate::audit::AuditLog::space_syncs`]). By default
+    /// 1 ms; zero syncs again as soon as the last sync returns.
+    pub audit_sync_spacing: Duration,
     /// Serve plain HTTP on a non-loopback address. By default `false`.
     pub dangerous_plain_http_on_network: bool,
     /// Serve a non-loopback address without requiring tokens. By default `false`.
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             tls: None,
             require_tokens: false,
             limits: HostLimits::default(),
+            audit_sync_spacing: Duration::from_millis(1),
             dangerous_plain_http_on_network: false,
             dangerous_no_auth_on_network: false,
         }
@@ -151,6 +156,7 @@ pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppSta
     }
     // The counters' lines are written before each audit batch: one write per batch, not per reading.
     audit.before_each_write(verifier.counter_writer());
+    audit.space_syncs(config.audit_sync_spacing);
     let repository = Repository::load(runtime, &config.repo);
     let metrics = metrics::Metrics::default();
     metrics.models_loaded.set(repository.index().len() as i64);

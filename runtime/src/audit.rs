@@ -72,6 +72,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -458,6 +459,8 @@ pub struct AuditLog {
     counters: Mutex<DeviceCounters>,
     /// Called by the writer before each batch (see [`AuditLog::before_each_write`]).
     before_write: std::sync::OnceLock<BeforeWrite>,
+    /// Batches written and synced ([`AuditLog::syncs`]).
+    syncs: AtomicU64,
 }
 
 /// A function the writer calls before each batch.
@@ -531,6 +534,7 @@ impl AuditLog {
             answered: Mutex::new(scan.answered),
             counters: Mutex::new(scan.counters),
             before_write: std::sync::OnceLock::new(),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -572,6 +576,12 @@ impl AuditLog {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Batches written and synced since the log was opened (each one `write` and one
+    /// `sync_data`): records appended over syncs is how many records shared a sync.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Number of records durably in the log.
@@ -716,7 +726,10 @@ impl AuditLog {
                 Err(e) => return (Err(e), failure),
             };
             match result {
-                Ok(()) => state.durable = upto,
+                Ok(()) => {
+                    state.durable = upto;
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
                 Err((step, source)) => {
                     state.poisoned = Some(format!("{step} failed: {source}"));
                     failure = Some(AuditError::Append { path: self.path.clone(), step, source });
@@ -1070,6 +1083,7 @@ mod tests {
             answered: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
             before_write: std::sync::OnceLock::new(),
+            syncs: AtomicU64::new(0),
         }
     }
 

@@ -261,6 +261,14 @@ fn tokens_scopes_limits_budgets_and_metrics() {
     assert_eq!(value("warden_refusals_total{reason=\"forbidden\"}"), 1.0);
     assert!(value("warden_request_duration_seconds_count{endpoint=\"infer\",model=\"digits\"}") >= 3.0);
     assert!(metrics.contains("warden_queue_depth{model=\"digits\"}"), "{metrics}");
+    // Counts kept by the runtime and the audit log, brought up to date at the scrape: each of
+    // rated's three answered requests ran once in the sandbox (the 429s never reach it).
+    assert_eq!(value("warden_model_runs_total{model=\"rated\""), 3.0);
+    assert!(value("warden_model_runs_total{model=\"digits\"") >= 3.0);
+    let in_a_row = value("warden_model_runs_in_a_row_total{model=\"rated\"");
+    assert!((0.0..=3.0).contains(&in_a_row), "{in_a_row}");
+    let (records, syncs) = (value("warden_audit_records_total"), value("warden_audit_syncs_total"));
+    assert!(syncs >= 1.0 && syncs <= records, "{syncs} audit syncs for {records} records");
 
     // Revocation reaches the running daemon.
     ok(warden(&state).args(["token", "revoke", "bob"]));

@@ -59,9 +59,10 @@ pub(super) struct ServeArgs {
     /// Requests that may wait per model beyond those running [default: 64]; more get 503.
     #[arg(long)]
     queue_depth: Option<usize>,
-    /// Least microseconds between the starts of two audit-log syncs: under load, the records that
-    /// arrive meanwhile share the next one [default: 1000; 0 syncs again as soon as the last
-    /// returns]. See benches/README.md, "Spaced audit syncs".
+    /// Under load (after an audit batch of four or more records), the least microseconds between
+    /// the starts of two audit-log syncs; the records that arrive meanwhile share the next one
+    /// [default: 1000; 0 syncs again as soon as the last returns]. See benches/README.md,
+    /// "Spaced audit syncs".
     #[arg(long)]
     audit_sync_spacing_us: Option<u64>,
     /// Threads that serve requests and run models on idle instances [default: twice the CPUs;

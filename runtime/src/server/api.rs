@@ -1,5 +1,6 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,7 +19,7 @@ use warden_wire::reading::SignedReading;
 
 use super::AppState;
 use super::limits::{LimitError, Reservation};
-use super::metrics::{ModelLabels, QueueLabels, ReasonLabels, RequestLabels, SandboxLabels};
+use super::metrics::{ModelLabels, QueueLabels, ReasonLabels, RequestLabels, SandboxLabels, VersionLabels};
 use super::tokens::TokenRecord;
 use crate::audit::{ANONYMOUS, AuditEntry, sha256_hex};
 use crate::error::{Error, SandboxError};
@@ -390,13 +391,25 @@ async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
 /// Prometheus metrics; behind a token when tokens are required.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&state, &headers)?;
-    for (model, depth) in state.limits.queue_depths(&state.repository.models()) {
-        state.metrics.queue_depth.get_or_create(&QueueLabels { model }).set(depth as i64);
+    let metrics = &state.metrics;
+    let models = state.repository.models();
+    for (model, depth) in state.limits.queue_depths(&models) {
+        metrics.queue_depth.get_or_create(&QueueLabels { model }).set(depth as i64);
     }
-    state.metrics.models_loaded.set(state.repository.index().len() as i64);
+    // The counts kept elsewhere only grow (a model's per version), so taking the larger value
+    // never moves a counter back, even with scrapes racing.
+    for model in &models {
+        let m = model.manifest();
+        let labels = VersionLabels { model: m.name.clone(), version: m.version.to_string() };
+        metrics.model_runs.get_or_create(&labels).inner().fetch_max(model.sandbox_runs(), Ordering::Relaxed);
+        let in_a_row = metrics.model_runs_in_a_row.get_or_create(&labels);
+        in_a_row.inner().fetch_max(model.runs_in_a_row(), Ordering::Relaxed);
+    }
+    metrics.audit_syncs.inner().fetch_max(state.audit.syncs(), Ordering::Relaxed);
+    metrics.models_loaded.set(state.repository.index().len() as i64);
     Ok((
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response())
 }

@@ -44,6 +44,15 @@ pub struct SandboxLabels {
     pub kind: &'static str,
 }
 
+/// Labels naming a model version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// The model.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+}
+
 /// Labels of the queue depth gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -69,6 +78,13 @@ pub struct Metrics {
     pub queue_depth: Family<QueueLabels, Gauge>,
     /// Audit records appended by this process.
     pub audit_records: Counter,
+    /// Audit-log writes (one fsync each) by this process, brought up to date at each scrape.
+    pub audit_syncs: Counter,
+    /// Sandbox runs (inferences that reached the sandbox) per model version, brought up to date
+    /// at each scrape.
+    pub model_runs: Family<VersionLabels, Counter>,
+    /// Of those, the runs that followed another on the same instance, queued behind it.
+    pub model_runs_in_a_row: Family<VersionLabels, Counter>,
     /// Model versions being served.
     pub models_loaded: Gauge,
 }
@@ -89,6 +105,9 @@ impl Default for Metrics {
         let sandbox_failures = Family::<SandboxLabels, Counter>::default();
         let queue_depth = Family::<QueueLabels, Gauge>::default();
         let audit_records = Counter::default();
+        let audit_syncs = Counter::default();
+        let model_runs = Family::<VersionLabels, Counter>::default();
+        let model_runs_in_a_row = Family::<VersionLabels, Counter>::default();
         let models_loaded = Gauge::default();
         registry.register(
             "requests",
@@ -109,6 +128,17 @@ impl Default for Metrics {
         );
         registry.register("queue_depth", "Requests running or waiting, per model", queue_depth.clone());
         registry.register("audit_records", "Audit records appended by this process", audit_records.clone());
+        registry.register(
+            "audit_syncs",
+            "Audit log writes by this process, one fsync each (audit_records per audit_syncs share one)",
+            audit_syncs.clone(),
+        );
+        registry.register("model_runs", "Sandbox runs, per model version", model_runs.clone());
+        registry.register(
+            "model_runs_in_a_row",
+            "Sandbox runs that followed another on the same instance, queued behind it",
+            model_runs_in_a_row.clone(),
+        );
         registry.register("models_loaded", "Model versions being served", models_loaded.clone());
         Metrics {
             registry,
@@ -119,6 +149,9 @@ impl Default for Metrics {
             sandbox_failures,
             queue_depth,
             audit_records,
+            audit_syncs,
+            model_runs,
+            model_runs_in_a_row,
             models_loaded,
         }
     }

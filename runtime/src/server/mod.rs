@@ -46,9 +46,10 @@ pub struct ServerConfig {
     pub require_tokens: bool,
     /// Host-wide rate limits and queue depth.
     pub limits: HostLimits,
-    /// Least time between the starts of two audit-log writes (each with its sync); records that
-    /// arrive meanwhile share the next one ([`crate::audit::AuditLog::space_syncs`]). By default
-    /// 1 ms; zero syncs again as soon as the last sync returns.
+    /// Under load (after an audit batch of four or more records), the least time between the
+    /// starts of two audit-log writes, each with its sync; the records that arrive meanwhile share
+    /// the next one ([`crate::audit::AuditLog::space_syncs`]). By default 1 ms; zero syncs again
+    /// as soon as the last sync returns.
     pub audit_sync_spacing: Duration,
     /// Serve plain HTTP on a non-loopback address. By default `false`.
     pub dangerous_plain_http_on_network: bool,

@@ -549,10 +549,10 @@ impl AuditLog {
     /// records that queued meanwhile are written (and synced) no sooner than `spacing` after that
     /// batch started, so more records share each sync. A record that finds no write in progress
     /// is written at once, and so is a batch after a smaller one: a lone appender, or a few,
-    /// never wait. The daemon sets it (`warden serve --audit-sync-spacing-us`):
-    /// on the virtual disks measured in benches/README.md ("Spaced audit syncs"), frequent syncs
-    /// while the CPUs are busy meet stalls of 15-26 ms. Zero (the default) writes each batch as
-    /// soon as the last sync returns.
+    /// never wait. The daemon sets it (`warden serve --audit-sync-spacing-us`): on the virtual
+    /// disks measured in benches/README.md ("Spaced audit syncs"), frequent syncs while the CPUs
+    /// are busy meet stalls of 15-26 ms. Zero (the default) writes each batch as soon as the last
+    /// sync returns.
     pub fn space_syncs(&self, spacing: Duration) {
         if let Ok(mut state) = self.lock() {
             state.spacing = spacing;

@@ -695,7 +695,7 @@ impl AuditLog {
                 && until.is_none_or(|seq| state.durable < seq || state.async_queued > state.durable)
         };
         // When the last batch started, and how many records it took.
-        let (mut last_batch, mut taken): (Option<(Instant, u64)>, u64) = (None, state.durable);
+        let mut last_batch: Option<(Instant, u64)> = None;
         while more(&state) {
             let wait = last_batch
                 .filter(|&(_, records)| records >= SPACED_AFTER)
@@ -711,8 +711,8 @@ impl AuditLog {
             }
             let batch = std::mem::take(&mut state.queue);
             let upto = state.next_seq - 1;
-            last_batch = Some((Instant::now(), upto - taken));
-            taken = upto;
+            // Every batch before this one is durable (a failed one ends the loop).
+            last_batch = Some((Instant::now(), upto - state.durable));
             drop(state);
             if let Some(BeforeWrite(f)) = self.before_write.get() {
                 f();

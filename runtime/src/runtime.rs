@@ -166,7 +166,8 @@ impl RuntimeBuilder {
     /// Make guest calls on wasmtime's fiber stacks, so that [`Model::infer_async`] runs a model
     /// in a task (yielding to the executor at every epoch tick), with the calls queued
     /// meanwhile back to back, rather than handing each to tokio's blocking pool. For servers
-    /// that answer from async tasks, as `warden serve` does. By default `false`: a blocking [`Model::infer`] then costs about 1 us less.
+    /// that answer from async tasks, as `warden serve` does. By default `false`: a blocking
+    /// [`Model::infer`] then costs about 1 us less.
     pub fn async_calls(mut self, on: bool) -> Self {
         self.async_calls = on;
         self
@@ -678,7 +679,8 @@ impl Model {
     /// outputs against the manifest and applies the output policy.
     pub fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let inputs = validate_inputs(self.manifest(), inputs, self.inner.max_input_bytes)?;
-        self.infer_validated(&inputs)
+        let outputs = self.inner.run_blocking(&inputs)?;
+        self.checked(outputs)
     }
 
     /// [`Model::infer`] for a task of a [tokio] runtime, without holding its thread.
@@ -730,12 +732,6 @@ impl Model {
                 }
             }
         };
-        self.checked(outputs)
-    }
-
-    /// Runs validated inputs on this thread, waiting for an instance if none is idle.
-    fn infer_validated(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let outputs = self.inner.run_blocking(inputs)?;
         self.checked(outputs)
     }
 

@@ -184,7 +184,7 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let listen = config.listen;
     config.check()?;
-    // Requests run models in their own tasks (`Model::infer_async`).
+    // Models run in runner tasks of their own (`Model::infer_async`), not on blocking threads.
     let runtime = Arc::new(global.runtime_with(Some(&trust), |b| b.async_calls(true))?);
     let state = prepare(runtime, config)?;
     for (bundle, reason) in state.repository.refused() {
@@ -196,8 +196,9 @@ pub(super) fn run(global: &Global, args: ServeArgs) -> Result<()> {
              `warden token create --name NAME --models a,b` turns tokens on."
         );
     }
-    // Models run in the requests' tasks (`Model::infer_async`), so a worker is busy for a whole
-    // request; with more workers than CPUs the CPUs stay busy (measured in benches/README.md).
+    // Models run in the workers' tasks (`Model::infer_async`), so a worker may be busy with a run
+    // while requests wait; with more workers than CPUs the CPUs stay busy (measured in
+    // benches/README.md; 2 workers instead of 4 measured again in its twenty-first session).
     let workers = match args.worker_threads {
         Some(0) => bail!("worker_threads must be at least 1"),
         Some(n) => usize::from(n),

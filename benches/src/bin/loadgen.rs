@@ -10,6 +10,11 @@
 //! loadgen --url http://127.0.0.1:8000 --pid PID -n 20000  # a daemon already running
 //! ```
 //!
+//! With `--rate R` the load is open-loop instead: connection `i` sends its `k`-th request at
+//! `(k * C + i) / R` seconds into the run (R requests/s in all, evenly spread), and a request's
+//! latency counts from that scheduled time, so a request held back behind a slow answer on its
+//! connection is charged for the wait (as `wrk2` does; a closed loop would hide it).
+//!
 //! Only loopback addresses are accepted. The client is a minimal HTTP/1.1 writer/reader over
 //! `std::net::TcpStream` (one thread per connection), so it costs little CPU next to the daemon and
 //! needs no dependency.
@@ -29,7 +34,7 @@ use warden::wire::provision::KeyBlob;
 
 const USAGE: &str = "usage: loadgen [-n TOTAL] [-c CONNECTIONS] [--model NAME] [--request FILE] [--warmup N]
                [--max-seconds S] [--url http://127.0.0.1:PORT [--pid PID]] [--warden BIN]
-               [--repo DIR] [--trust DIR] [--keep-limits] [--readings] [--json]
+               [--repo DIR] [--trust DIR] [--keep-limits] [--readings] [--rate R] [--json]
 defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --warmup 200
           --max-seconds 120; without --url, starts BIN serve (default: the warden binary next to
           this one) on 127.0.0.1:0 with a fresh state dir, serving MODEL from --repo models/repo
@@ -38,7 +43,10 @@ defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --w
           otherwise answer most of the load 429; --keep-limits serves the bundles as signed.
 --readings: signed readings for --model (default motion), one provisioned device per connection,
           signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...;
-          the daemon's per-device rate limit is lifted unless --keep-limits";
+          the daemon's per-device rate limit is lifted unless --keep-limits
+--rate R: open loop: R requests/s in all, each connection sending its share on a fixed schedule
+          (TOTAL / C each); latency counts from each request's scheduled send time, so a request
+          held back behind a slow answer is charged for the wait";
 
 /// A connection thread gives up (and the run stops) after this many failed connects in a row.
 const MAX_FAILED_CONNECTS: u32 = 50;
@@ -58,6 +66,8 @@ struct Opts {
     trust: PathBuf,
     keep_limits: bool,
     readings: bool,
+    /// Open loop: requests per second in all (`--rate`).
+    rate: Option<f64>,
     json: bool,
 }
 
@@ -77,6 +87,7 @@ fn parse_args() -> Result<Opts, String> {
         trust: root.join("models/dev-trust"),
         keep_limits: false,
         readings: false,
+        rate: None,
         json: false,
     };
     let mut model_given = false;
@@ -101,6 +112,14 @@ fn parse_args() -> Result<Opts, String> {
             "--repo" => o.repo = value()?.into(),
             "--trust" => o.trust = value()?.into(),
             "--keep-limits" => o.keep_limits = true,
+            "--rate" => {
+                let v = value()?;
+                let rate = v.parse::<f64>().map_err(|e| format!("--rate {v}: {e}"))?;
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--rate {v}: must be a positive number of requests per second"));
+                }
+                o.rate = Some(rate);
+            }
             "--json" => o.json = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -511,19 +530,41 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             let (requests, remaining, results, deadline_hit) =
                 (per_thread[i].clone(), remaining.clone(), results.clone(), deadline_hit.clone());
             let unreachable = unreachable.clone();
+            // Open loop: this connection's share and its schedule (see the module's doc).
+            let connections = o.connections as u64;
+            let open_loop = o.rate.map(|rate| {
+                let share = o.total / connections + u64::from((i as u64) < o.total % connections);
+                (share, rate)
+            });
             std::thread::spawn(move || {
                 let mut mine = Results::default();
                 let mut conn = Conn::open(addr);
                 let mut failed_connects = 0;
                 let mut buf = Vec::with_capacity(4096);
                 let mut next = 0usize;
+                let mut sent = 0u64;
                 while let Some(request) = requests.get(if cycle { next % requests.len() } else { next }) {
-                    if remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
-                        .is_err()
-                    {
-                        break;
-                    }
+                    let scheduled = match open_loop {
+                        Some((share, _)) if sent >= share => break,
+                        Some((_, rate)) => {
+                            let at =
+                                t0 + Duration::from_secs_f64((sent * connections + i as u64) as f64 / rate);
+                            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            Some(at)
+                        }
+                        None => {
+                            if remaining
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                                .is_err()
+                            {
+                                break;
+                            }
+                            None
+                        }
+                    };
+                    sent += 1;
                     if Instant::now() >= deadline {
                         deadline_hit.store(true, Ordering::Relaxed);
                         break;
@@ -553,7 +594,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
                             }
                         }
                     };
-                    let t = Instant::now();
+                    // Open loop: from the scheduled time, so a late send counts as waiting.
+                    let t = scheduled.unwrap_or_else(Instant::now);
                     next += 1;
                     match c.exchange(request, &mut buf) {
                         Ok(status) => {
@@ -611,10 +653,11 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
         println!(
             "{{\"target\":\"{base}\",\"model\":\"{}\",\"requests\":{},\"connections\":{},\"wall_s\":{wall:.3},\"requests_per_s\":{rps:.1},\
 \"latency_ms\":{{\"mean\":{mean:.3},\"p50\":{p50:.3},\"p90\":{p90:.3},\"p99\":{p99:.3},\"max\":{max:.3}}},\
-\"statuses\":{{{}}},\"errors\":{},\"loadgen_cpu_s\":{},\"loadgen_cores\":{},\"daemon_cpu_s\":{},\"daemon_cores\":{},\"idle_cores\":{},\"steal_cores\":{},\"deadline_hit\":{},\"unreachable\":{}}}",
+\"offered_per_s\":{},\"statuses\":{{{}}},\"errors\":{},\"loadgen_cpu_s\":{},\"loadgen_cores\":{},\"daemon_cpu_s\":{},\"daemon_cores\":{},\"idle_cores\":{},\"steal_cores\":{},\"deadline_hit\":{},\"unreachable\":{}}}",
             o.model,
             r.latencies_us.len(),
             o.connections,
+            o.rate.map_or("null".to_string(), |r| format!("{r:.1}")),
             statuses.join(","),
             r.errors,
             opt(self_cpu),
@@ -633,6 +676,11 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             r.latencies_us.len(),
             o.connections
         );
+        if let Some(rate) = o.rate {
+            println!(
+                "offered     {rate:.0} requests/s, open loop (latency from each request's scheduled send time)"
+            );
+        }
         println!("latency ms  mean {mean:.3}  p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  max {max:.3}");
         println!("statuses    {{{}}}  transport errors {}", statuses.join(", "), r.errors);
         if let Some(e) = &r.first_error {

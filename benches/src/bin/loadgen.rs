@@ -40,7 +40,9 @@ defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --w
           this one) on 127.0.0.1:0 with a fresh state dir, serving MODEL from --repo models/repo
           (trust models/dev-trust) re-signed with a throwaway key without the manifest's rate
           limits and query budget (requests_per_minute, burst, total_queries), which would
-          otherwise answer most of the load 429; --keep-limits serves the bundles as signed.
+          otherwise answer most of the load 429, and with --queue-depth C (at least the default
+          64) so that every connection's request may queue; --keep-limits serves the bundles as
+          signed and the daemon with its default queue depth.
 --readings: signed readings for --model (default motion), one provisioned device per connection,
           signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...;
           the daemon's per-device rate limit is lifted unless --keep-limits
@@ -293,6 +295,10 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
     serve.args(["serve", "--listen", "127.0.0.1:0", "--repo"]).arg(&repo).arg("--trust").arg(&trust);
     if o.readings && !o.keep_limits {
         serve.args(["--device-readings-per-minute", "4000000000"]);
+    }
+    if !o.keep_limits {
+        // Room to queue every connection's request (the default, 64, answers the rest 503).
+        serve.args(["--queue-depth", &o.connections.max(64).to_string()]);
     }
     let mut child = serve
         .env("WARDEN_STATE_DIR", state.path().join("state"))

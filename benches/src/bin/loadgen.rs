@@ -10,26 +10,31 @@
 //! loadgen --url http://127.0.0.1:8000 --pid PID -n 20000  # a daemon already running
 //! ```
 //!
-//! With `--rate R` the load is open-loop instead: connection `i` sends its `k`-th request at
-//! `(k * C + i) / R` seconds into the run (R requests/s in all, evenly spread), and a request's
-//! latency counts from that scheduled time, so a request held back behind a slow answer on its
-//! connection is charged for the wait (as `wrk2` does; a closed loop would hide it).
+//! With `--rate R` the load is open-loop instead: request `k` is due `k / R` seconds into the run
+//! (R requests/s, evenly spread), the next free connection sends it, and its latency counts
+//! from when it was due, so a request held back because every connection was still waiting for
+//! an answer is charged for the wait (as `wrk2` does; a closed loop would hide it).
 //!
-//! Only loopback addresses are accepted. The client is a minimal HTTP/1.1 writer/reader over
-//! `std::net::TcpStream` (one thread per connection), so it costs little CPU next to the daemon and
-//! needs no dependency.
+//! Only loopback addresses are accepted. The client is a minimal HTTP/1.1 writer/reader, every
+//! connection a task on one thread's event loop (tokio's, current-thread), so under load one
+//! wake-up serves many answers: it costs the shared CPUs far less than a thread per connection
+//! did (benches/README.md, "An event-loop client"). An open loop's due times come from a second
+//! thread, which sleeps to each one, since the event loop's timers tick in milliseconds.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::BufRead;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use warden::wire::provision::KeyBlob;
 
 const USAGE: &str = "usage: loadgen [-n TOTAL] [-c CONNECTIONS] [--model NAME] [--request FILE] [--warmup N]
@@ -46,9 +51,8 @@ defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --w
 --readings: signed readings for --model (default motion), one provisioned device per connection,
           signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...;
           the daemon's per-device rate limit is lifted unless --keep-limits
---rate R: open loop: R requests/s in all, each connection sending its share on a fixed schedule
-          (TOTAL / C each); latency counts from each request's scheduled send time, so a request
-          held back behind a slow answer is charged for the wait";
+--rate R: open loop: request k is due k / R seconds into the run and the next free connection
+          sends it; latency counts from when it was due, so a wait for a free connection counts";
 
 /// A connection thread gives up (and the run stops) after this many failed connects in a row.
 const MAX_FAILED_CONNECTS: u32 = 50;
@@ -310,7 +314,7 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
+        let mut r = std::io::BufReader::new(stdout);
         let mut line = String::new();
         let _ = r.read_line(&mut line);
         let _ = tx.send(line);
@@ -328,74 +332,84 @@ fn start_daemon(o: &Opts) -> Result<(Started, String), String> {
 /// The bytes of one HTTP request.
 type Request = Vec<u8>;
 
-/// One keep-alive HTTP/1.1 connection.
+/// One keep-alive HTTP/1.1 connection on the client's event loop.
 struct Conn {
     addr: SocketAddr,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: BufReader<TcpStream>,
+    line: String,
 }
 
 impl Conn {
-    fn open(addr: SocketAddr) -> std::io::Result<Conn> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Conn { addr, writer: s.try_clone()?, reader: BufReader::with_capacity(64 << 10, s) })
+        Ok(Conn { addr, stream: BufReader::with_capacity(64 << 10, s), line: String::new() })
     }
 
-    /// Sends `request` (a complete HTTP/1.1 request) and reads the response; returns the status.
-    /// Reconnects when the server closes the connection.
-    fn exchange(&mut self, request: &[u8], body: &mut Vec<u8>) -> std::io::Result<u16> {
-        self.writer.write_all(request)?;
+    /// Sends `request` (a complete HTTP/1.1 request) and reads the response, within 30 s;
+    /// returns the status. Reconnects when the server closes the connection.
+    async fn exchange(&mut self, request: &[u8], body: &mut Vec<u8>) -> std::io::Result<u16> {
+        match tokio::time::timeout(Duration::from_secs(30), self.exchange_inner(request, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s")),
+        }
+    }
+
+    async fn exchange_inner(&mut self, request: &[u8], body: &mut Vec<u8>) -> std::io::Result<u16> {
+        self.stream.get_mut().write_all(request).await?;
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        let line = &mut self.line;
+        line.clear();
+        if self.stream.read_line(line).await? == 0 {
             return Err(bad("connection closed"));
         }
         let status: u16 =
-            line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(&line))?;
+            line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(line))?;
         let (mut length, mut chunked, mut close) = (None, false, false);
         loop {
             line.clear();
-            self.reader.read_line(&mut line)?;
+            self.stream.read_line(line).await?;
             let h = line.trim_end();
             if h.is_empty() {
                 break;
             }
             let (k, v) = h.split_once(':').ok_or_else(|| bad(h))?;
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            match k.as_str() {
-                "content-length" => length = v.parse::<usize>().ok(),
-                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                "connection" => close = v.eq_ignore_ascii_case("close"),
-                _ => {}
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.eq_ignore_ascii_case("chunked");
+            } else if k.eq_ignore_ascii_case("connection") {
+                close = v.eq_ignore_ascii_case("close");
             }
         }
         body.clear();
         if chunked {
             loop {
                 line.clear();
-                self.reader.read_line(&mut line)?;
+                self.stream.read_line(line).await?;
                 let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
                     .map_err(|_| bad("bad chunk size"))?;
                 let at = body.len();
                 body.resize(at + size, 0);
-                self.reader.read_exact(&mut body[at..])?;
+                self.stream.read_exact(&mut body[at..]).await?;
                 line.clear();
-                self.reader.read_line(&mut line)?;
+                self.stream.read_line(line).await?;
                 if size == 0 {
                     break;
                 }
             }
         } else if let Some(n) = length {
             body.resize(n, 0);
-            self.reader.read_exact(body)?;
+            self.stream.read_exact(body).await?;
         } else {
-            self.reader.read_to_end(body)?;
+            self.stream.read_to_end(body).await?;
             close = true;
         }
         if close {
-            *self = Conn::open(self.addr)?;
+            *self = Conn::open(self.addr).await?;
         }
         Ok(status)
     }
@@ -407,6 +421,145 @@ struct Results {
     statuses: BTreeMap<u16, u64>,
     errors: u64,
     first_error: Option<String>,
+}
+
+/// What the connections share.
+struct Shared {
+    /// Closed loop: requests not yet taken by a connection.
+    remaining: AtomicU64,
+    deadline_hit: AtomicBool,
+    unreachable: AtomicBool,
+}
+
+/// Sends request `k`'s due time, `k / rate` seconds after `t0`, when it comes, for every `k`
+/// below `total` that falls before `deadline`; sleeps on a timerfd, whose wake-ups come through
+/// the event loop itself.
+async fn pace(
+    total: u64,
+    rate: f64,
+    t0: Instant,
+    deadline: Instant,
+    tx: mpsc::UnboundedSender<Instant>,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
+    let fd = rustix::time::timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?;
+    // `AsyncFd::new` is deprecated since a `T: AsRawFd` could close its descriptor while it is
+    // registered; an `OwnedFd` moved into the `AsyncFd` cannot, and `register`, the successor,
+    // is unsafe code, which this file forbids.
+    #[allow(deprecated)]
+    let timer = tokio::io::unix::AsyncFd::new(fd)?;
+    let due = |k: u64| t0 + Duration::from_secs_f64(k as f64 / rate);
+    let mut k = 0;
+    while k < total {
+        if due(k) >= deadline {
+            shared.deadline_hit.store(true, Ordering::Relaxed);
+            break;
+        }
+        if let Some(wait) = due(k).checked_duration_since(Instant::now()).filter(|w| !w.is_zero()) {
+            let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+            let value = Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: wait.subsec_nanos().into() };
+            let spec = Itimerspec { it_interval: zero, it_value: value };
+            rustix::time::timerfd_settime(timer.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+            loop {
+                let mut ready = timer.readable().await?;
+                match rustix::io::read(ready.get_inner(), &mut [0u8; 8]) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let now = Instant::now();
+        while k < total && due(k) <= now && due(k) < deadline {
+            if tx.send(due(k)).is_err() {
+                return Ok(());
+            }
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
+/// One connection's part of the run: its requests in turn (the same one again and again with
+/// `cycle`), each as soon as its last was answered (closed loop) or at the next scheduled time
+/// it takes (open loop: latency from that time).
+async fn connection(
+    addr: SocketAddr,
+    requests: Arc<Vec<Request>>,
+    cycle: bool,
+    shared: Arc<Shared>,
+    schedule: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Instant>>>>,
+    deadline: Instant,
+) -> Results {
+    let mut mine = Results::default();
+    let mut conn = Conn::open(addr).await;
+    let mut failed_connects = 0;
+    let mut buf = Vec::with_capacity(4096);
+    let mut next = 0usize;
+    while let Some(request) = requests.get(if cycle { next % requests.len() } else { next }) {
+        let scheduled = match &schedule {
+            Some(schedule) => match schedule.lock().await.recv().await {
+                Some(at) => Some(at),
+                None => break,
+            },
+            None => {
+                if shared
+                    .remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                    .is_err()
+                {
+                    break;
+                }
+                None
+            }
+        };
+        if Instant::now() >= deadline {
+            shared.deadline_hit.store(true, Ordering::Relaxed);
+            break;
+        }
+        if shared.unreachable.load(Ordering::Relaxed) {
+            break;
+        }
+        if conn.is_err() {
+            conn = Conn::open(addr).await;
+        }
+        let c = match &mut conn {
+            Ok(c) => {
+                failed_connects = 0;
+                c
+            }
+            Err(e) => {
+                mine.errors += 1;
+                mine.first_error.get_or_insert_with(|| e.to_string());
+                failed_connects += 1;
+                if failed_connects >= MAX_FAILED_CONNECTS {
+                    shared.unreachable.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Open loop: from the scheduled time, so a wait for a free connection counts.
+        let t = scheduled.unwrap_or_else(Instant::now);
+        next += 1;
+        match c.exchange(request, &mut buf).await {
+            Ok(status) => {
+                let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                mine.latencies_us.push(us);
+                *mine.statuses.entry(status).or_default() += 1;
+            }
+            Err(e) => {
+                mine.errors += 1;
+                mine.first_error.get_or_insert_with(|| e.to_string());
+                conn = Conn::open(addr).await;
+            }
+        }
+    }
+    mine
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -495,29 +648,32 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     };
     let cycle = !o.readings;
 
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: the client's event loop: {e}");
+            return 1;
+        }
+    };
+
     // Warm-up on one connection (instance pools, caches), not timed.
-    {
-        let mut c = match Conn::open(addr) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("loadgen: connecting to {addr}: {e}");
-                return 1;
-            }
-        };
+    let warm = runtime.block_on(async {
+        let mut c = Conn::open(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
         let mut buf = Vec::new();
         for request in &warmup_requests {
-            match c.exchange(request, &mut buf) {
+            match c.exchange(request, &mut buf).await {
                 Ok(200) => {}
                 Ok(s) => {
-                    eprintln!("loadgen: warm-up request answered {s}: {}", String::from_utf8_lossy(&buf));
-                    return 1;
+                    return Err(format!("warm-up request answered {s}: {}", String::from_utf8_lossy(&buf)));
                 }
-                Err(e) => {
-                    eprintln!("loadgen: warm-up request failed: {e}");
-                    return 1;
-                }
+                Err(e) => return Err(format!("warm-up request failed: {e}")),
             }
         }
+        Ok(())
+    });
+    if let Err(e) = warm {
+        eprintln!("loadgen: {e}");
+        return 1;
     }
 
     let ticks = clock_ticks();
@@ -525,119 +681,62 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     let daemon_cpu0 = daemon_pid_s.as_deref().and_then(|p| cpu_seconds(p, ticks));
     let self_cpu0 = cpu_seconds("self", ticks);
     let machine0 = machine_idle_and_steal(ticks);
-    let remaining = Arc::new(AtomicU64::new(o.total));
-    let deadline_hit = Arc::new(AtomicBool::new(false));
-    let unreachable = Arc::new(AtomicBool::new(false));
-    let results = Arc::new(Mutex::new(Results::default()));
+    let shared = Arc::new(Shared {
+        remaining: AtomicU64::new(o.total),
+        deadline_hit: AtomicBool::new(false),
+        unreachable: AtomicBool::new(false),
+    });
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(o.max_seconds);
-    let threads: Vec<_> = (0..o.connections)
-        .map(|i| {
-            let (requests, remaining, results, deadline_hit) =
-                (per_thread[i].clone(), remaining.clone(), results.clone(), deadline_hit.clone());
-            let unreachable = unreachable.clone();
-            // Open loop: this connection's share and its schedule (see the module's doc).
-            let connections = o.connections as u64;
-            let open_loop = o.rate.map(|rate| {
-                let share = o.total / connections + u64::from((i as u64) < o.total % connections);
-                (share, rate)
-            });
-            std::thread::spawn(move || {
-                let mut mine = Results::default();
-                let mut conn = Conn::open(addr);
-                let mut failed_connects = 0;
-                let mut buf = Vec::with_capacity(4096);
-                let mut next = 0usize;
-                let mut sent = 0u64;
-                while let Some(request) = requests.get(if cycle { next % requests.len() } else { next }) {
-                    let scheduled = match open_loop {
-                        Some((share, _)) if sent >= share => break,
-                        Some((_, rate)) => {
-                            let at =
-                                t0 + Duration::from_secs_f64((sent * connections + i as u64) as f64 / rate);
-                            if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                                std::thread::sleep(wait);
-                            }
-                            Some(at)
-                        }
-                        None => {
-                            if remaining
-                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
-                                .is_err()
-                            {
-                                break;
-                            }
-                            None
-                        }
-                    };
-                    sent += 1;
-                    if Instant::now() >= deadline {
-                        deadline_hit.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    if unreachable.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let c = match &mut conn {
-                        Ok(c) => {
-                            failed_connects = 0;
-                            c
-                        }
-                        Err(_) => {
-                            conn = Conn::open(addr);
-                            match &mut conn {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    mine.errors += 1;
-                                    mine.first_error.get_or_insert_with(|| e.to_string());
-                                    failed_connects += 1;
-                                    if failed_connects >= MAX_FAILED_CONNECTS {
-                                        unreachable.store(true, Ordering::Relaxed);
-                                    }
-                                    std::thread::sleep(Duration::from_millis(10));
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    // Open loop: from the scheduled time, so a late send counts as waiting.
-                    let t = scheduled.unwrap_or_else(Instant::now);
-                    next += 1;
-                    match c.exchange(request, &mut buf) {
-                        Ok(status) => {
-                            let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                            mine.latencies_us.push(us);
-                            *mine.statuses.entry(status).or_default() += 1;
-                        }
-                        Err(e) => {
-                            mine.errors += 1;
-                            mine.first_error.get_or_insert_with(|| e.to_string());
-                            conn = Conn::open(addr);
-                        }
-                    }
-                }
-                let mut all = results.lock().unwrap();
-                all.latencies_us.extend(mine.latencies_us);
-                for (s, n) in mine.statuses {
-                    *all.statuses.entry(s).or_default() += n;
-                }
-                all.errors += mine.errors;
-                if all.first_error.is_none() {
-                    all.first_error = mine.first_error;
-                }
+    // Open loop: a pacer task hands each request's due time, when it comes, to the next free
+    // connection (a timerfd for the wait: the event loop's own timers tick in milliseconds).
+    let (schedule, pacer) = match o.rate {
+        Some(rate) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let pace = pace(o.total, rate, t0, deadline, tx, shared.clone());
+            (Some(Arc::new(tokio::sync::Mutex::new(rx))), Some(pace))
+        }
+        None => (None, None),
+    };
+    let r = runtime.block_on(async {
+        let pacer = pacer.map(tokio::spawn);
+        let tasks: Vec<_> = per_thread
+            .iter()
+            .map(|requests| {
+                let (requests, shared, schedule) = (requests.clone(), shared.clone(), schedule.clone());
+                tokio::spawn(connection(addr, requests, cycle, shared, schedule, deadline))
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+            .collect();
+        let mut all = Results::default();
+        for task in tasks {
+            let mine = task.await.unwrap();
+            all.latencies_us.extend(mine.latencies_us);
+            for (s, n) in mine.statuses {
+                *all.statuses.entry(s).or_default() += n;
+            }
+            all.errors += mine.errors;
+            if all.first_error.is_none() {
+                all.first_error = mine.first_error;
+            }
+        }
+        // The pacer ends first unless every connection gave up early (then it is stopped).
+        if let Some(pacer) = pacer {
+            if !pacer.is_finished() {
+                pacer.abort();
+            } else if let Ok(Err(e)) = pacer.await {
+                all.errors += 1;
+                all.first_error.get_or_insert(format!("the open loop's timer: {e}"));
+            }
+        }
+        all
+    });
     let wall = t0.elapsed().as_secs_f64();
     let self_cpu = self_cpu0.and_then(|c0| cpu_seconds("self", ticks).map(|c| c - c0));
     let daemon_cpu = daemon_cpu0.and_then(|c0| cpu_seconds(daemon_pid_s.as_deref()?, ticks).map(|c| c - c0));
     let machine = machine0.and_then(|(i0, s0)| machine_idle_and_steal(ticks).map(|(i, s)| (i - i0, s - s0)));
     let (idle_cpu, steal_cpu) = (machine.map(|m| m.0), machine.map(|m| m.1));
 
-    let mut r = std::mem::take(&mut *results.lock().unwrap());
+    let mut r = r;
     r.latencies_us.sort_unstable();
     let done = r.latencies_us.len() as f64;
     let rps = done / wall;
@@ -672,8 +771,8 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             opt(cores(daemon_cpu)),
             opt(cores(idle_cpu)),
             opt(cores(steal_cpu)),
-            deadline_hit.load(Ordering::Relaxed),
-            unreachable.load(Ordering::Relaxed),
+            shared.deadline_hit.load(Ordering::Relaxed),
+            shared.unreachable.load(Ordering::Relaxed),
         );
     } else {
         println!("target      {base} model {} ({} bytes per request)", o.model, body.len());
@@ -706,12 +805,12 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
             opt(cores(idle_cpu)),
             opt(cores(steal_cpu)),
         );
-        if unreachable.load(Ordering::Relaxed) {
+        if shared.unreachable.load(Ordering::Relaxed) {
             println!(
                 "stopped: {MAX_FAILED_CONNECTS} connection attempts in a row failed (is the daemon gone?)"
             );
         }
-        if deadline_hit.load(Ordering::Relaxed) {
+        if shared.deadline_hit.load(Ordering::Relaxed) {
             println!("stopped at --max-seconds {} before all {} requests were sent", o.max_seconds, o.total);
         }
     }

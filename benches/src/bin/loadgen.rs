@@ -49,8 +49,9 @@ defaults: -n 20000 -c 4 --model digits --request models/requests/digits.json --w
           64) so that every connection's request may queue; --keep-limits serves the bundles as
           signed and the daemon with its default queue depth.
 --readings: signed readings for --model (default motion), one provisioned device per connection,
-          signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...;
-          the daemon's per-device rate limit is lifted unless --keep-limits
+          signed beforehand by the firmware crate's Signer (not timed), counters 1, 2, 3...
+          (each device's first in the warm-up, where the daemon builds its key table); the
+          daemon's per-device rate limit is lifted unless --keep-limits
 --rate R: open loop: request k is due k / R seconds into the run and the next free connection
           sends it; latency counts from when it was due, so a wait for a free connection counts";
 
@@ -639,8 +640,19 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
         };
         eprintln!("loadgen: signing readings for {} devices ...", o.connections);
         let each = o.total.div_ceil(o.connections as u64) * 3 / 2 + 16;
-        let per_thread = devices[..o.connections].iter().map(|d| Arc::new(sign(d, each))).collect();
-        (sign(&devices[o.connections], o.warmup), per_thread)
+        // Each connection's device sends its first reading in the warm-up: the daemon builds a
+        // device's key table at its first reading (about 2 ms, once per device), which would
+        // otherwise land on 1% of a 10,000-reading run over 128 connections.
+        let mut warmup = sign(&devices[o.connections], o.warmup);
+        let per_thread = devices[..o.connections]
+            .iter()
+            .map(|d| {
+                let mut readings = sign(d, each + 1);
+                warmup.push(readings.remove(0));
+                Arc::new(readings)
+            })
+            .collect();
+        (warmup, per_thread)
     } else {
         let request =
             Arc::new(vec![http(&format!("/v2/models/{}/infer", o.model), "application/json", body)]);

@@ -829,3 +829,109 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     let failed = r.errors > 0 || r.statuses.keys().any(|s| *s != 200);
     i32::from(failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Reads one request (head and `Content-Length` body) from `s`; false at end of stream.
+    async fn read_request(s: &mut BufReader<TcpStream>) -> bool {
+        let (mut line, mut length) = (String::new(), 0);
+        loop {
+            line.clear();
+            if s.read_line(&mut line).await.unwrap() == 0 {
+                return false;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        s.read_exact(&mut body).await.unwrap();
+        true
+    }
+
+    /// The client against a real server on loopback: a `Content-Length` body, a chunked one, and
+    /// `Connection: close`, after which the next exchange goes over a new connection.
+    #[test]
+    fn exchanges_read_each_framing_and_reconnect_after_close() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let answers: [&[u8]; 3] = [
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                ];
+                let (first, _) = listener.accept().await.unwrap();
+                let mut first = BufReader::new(first);
+                for answer in answers {
+                    assert!(read_request(&mut first).await);
+                    first.get_mut().write_all(answer).await.unwrap();
+                }
+                drop(first);
+                let (second, _) = listener.accept().await.unwrap();
+                let mut second = BufReader::new(second);
+                assert!(read_request(&mut second).await);
+                second.get_mut().write_all(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 3\r\n\r\nnot").await.unwrap();
+                assert!(!read_request(&mut second).await, "the client closes its connection when dropped");
+            });
+            let request = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+            let mut conn = Conn::open(addr).await.unwrap();
+            let mut body = Vec::new();
+            let mut answers = Vec::new();
+            for _ in 0..4 {
+                let status = conn.exchange(request, &mut body).await.unwrap();
+                answers.push((status, String::from_utf8(body.clone()).unwrap()));
+            }
+            drop(conn);
+            server.await.unwrap();
+            let expected = [(200, "hello"), (503, "abcde"), (200, "ok"), (429, "not")];
+            assert_eq!(answers, expected.map(|(s, b)| (s, b.to_string())));
+        });
+    }
+
+    /// The open loop's pacer hands out every due time, in order, none before it is due, and
+    /// stops at the deadline.
+    #[test]
+    fn the_pacer_hands_out_due_times_on_time_and_stops_at_the_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared {
+                remaining: AtomicU64::new(0),
+                deadline_hit: AtomicBool::new(false),
+                unreachable: AtomicBool::new(false),
+            });
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let t0 = Instant::now();
+            let rate = 200.0;
+            let pacer = tokio::spawn(pace(20, rate, t0, t0 + Duration::from_secs(60), tx, shared.clone()));
+            let mut got = Vec::new();
+            while let Some(at) = rx.recv().await {
+                assert!(Instant::now() >= at, "handed out before it was due");
+                got.push(at);
+            }
+            pacer.await.unwrap().unwrap();
+            let expected: Vec<_> = (0..20).map(|k| t0 + Duration::from_secs_f64(k as f64 / rate)).collect();
+            assert_eq!(got, expected);
+            assert!(!shared.deadline_hit.load(Ordering::Relaxed));
+
+            // A deadline 52 ms in: the due times at 0, 50 ms are handed out, 100 ms is not.
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let t0 = Instant::now();
+            pace(1000, 20.0, t0, t0 + Duration::from_millis(52), tx, shared.clone()).await.unwrap();
+            let mut got = 0;
+            while rx.recv().await.is_some() {
+                got += 1;
+            }
+            assert_eq!(got, 2);
+            assert!(shared.deadline_hit.load(Ordering::Relaxed));
+        });
+    }
+}

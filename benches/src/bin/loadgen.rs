@@ -18,8 +18,8 @@
 //! Only loopback addresses are accepted. The client is a minimal HTTP/1.1 writer/reader, every
 //! connection a task on one thread's event loop (tokio's, current-thread), so under load one
 //! wake-up serves many answers: it costs the shared CPUs far less than a thread per connection
-//! did (benches/README.md, "An event-loop client"). An open loop's due times come from a second
-//! thread, which sleeps to each one, since the event loop's timers tick in milliseconds.
+//! did (benches/README.md, "An event-loop client"). An open loop's due times come from a
+//! timerfd on that loop, since the loop's own timers tick in milliseconds.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
@@ -556,7 +556,7 @@ async fn connection(
             Err(e) => {
                 mine.errors += 1;
                 mine.first_error.get_or_insert_with(|| e.to_string());
-                conn = Conn::open(addr).await;
+                conn = Err(e); // opened again before the next request
             }
         }
     }
@@ -633,7 +633,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     };
     // Per connection, the requests it sends in turn: the same one again and again, or (readings)
     // its device's readings in counter order, each sent once.
-    let (warmup_requests, per_thread): (Vec<Request>, Vec<Arc<Vec<Request>>>) = if o.readings {
+    let (warmup_requests, per_connection): (Vec<Request>, Vec<Arc<Vec<Request>>>) = if o.readings {
         let path = format!("/v1/readings?model={}", o.model);
         let sign = |device: &KeyBlob, n: u64| -> Vec<Vec<u8>> {
             signed_readings(device, n).iter().map(|b| http(&path, "application/octet-stream", b)).collect()
@@ -644,7 +644,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
         // device's key table at its first reading (about 2 ms, once per device), which would
         // otherwise land on 1% of a 10,000-reading run over 128 connections.
         let mut warmup = sign(&devices[o.connections], o.warmup);
-        let per_thread = devices[..o.connections]
+        let per_connection = devices[..o.connections]
             .iter()
             .map(|d| {
                 let mut readings = sign(d, each + 1);
@@ -652,7 +652,7 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
                 Arc::new(readings)
             })
             .collect();
-        (warmup, per_thread)
+        (warmup, per_connection)
     } else {
         let request =
             Arc::new(vec![http(&format!("/v2/models/{}/infer", o.model), "application/json", body)]);
@@ -710,9 +710,9 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
         }
         None => (None, None),
     };
-    let r = runtime.block_on(async {
+    let mut r = runtime.block_on(async {
         let pacer = pacer.map(tokio::spawn);
-        let tasks: Vec<_> = per_thread
+        let tasks: Vec<_> = per_connection
             .iter()
             .map(|requests| {
                 let (requests, shared, schedule) = (requests.clone(), shared.clone(), schedule.clone());
@@ -748,7 +748,6 @@ fn run(o: &Opts, body: &[u8], base: &str, daemon_pid: Option<u32>, devices: &[Ke
     let machine = machine0.and_then(|(i0, s0)| machine_idle_and_steal(ticks).map(|(i, s)| (i - i0, s - s0)));
     let (idle_cpu, steal_cpu) = (machine.map(|m| m.0), machine.map(|m| m.1));
 
-    let mut r = r;
     r.latencies_us.sort_unstable();
     let done = r.latencies_us.len() as f64;
     let rps = done / wall;

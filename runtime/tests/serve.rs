@@ -1,7 +1,7 @@
 //! The daemon end to end: the real `warden serve` on a loopback port, driven by a real HTTP
 //! client. KServe v2 metadata and inference (equal to `warden infer`), typed 4xx errors, the body
-//! cap, a hostile model answered as an error while the others keep serving, signed readings, and
-//! a clean shutdown on SIGTERM.
+//! cap, a hostile model answered as an error while the others keep serving, signed readings
+//! (devices provisioned or revoked while it runs included), and a clean shutdown on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -168,6 +168,58 @@ fn daemon_serves_kserve_v2_and_signed_readings() {
     assert_eq!(reading["input_sha256"].as_str().unwrap().len(), 64);
 }
 
+/// `warden device provision` and `revoke` reach a running daemon: a device registered after the
+/// start is accepted, and a revoked one refused, within a second or so, with no restart.
+#[test]
+fn devices_provisioned_or_revoked_while_the_daemon_runs_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (repo, trust) = (dir.path().join("repo"), dir.path().join("trust"));
+    copy_dir(&root().join("models/repo/motion"), &repo.join("motion"));
+    copy_dir(&root().join("models/dev-trust"), &trust);
+    let provision = |id: &str| {
+        ok(warden(&state).args(["device", "provision", "--id", id, "--out"]).arg(dir.path()));
+        KeyBlob::parse(&std::fs::read(dir.path().join(format!("{id}.keyblob"))).unwrap()).unwrap()
+    };
+    let send = |base: &str, blob: &KeyBlob, counter: u64| {
+        post(base, "/v1/readings", &signed_reading(blob, counter), "application/octet-stream")
+    };
+    // Sends `blob`'s readings, a new counter each time, until one is answered `status`; returns
+    // the next counter.
+    let until = |base: &str, blob: &KeyBlob, mut counter: u64, status: u16| {
+        let started = std::time::Instant::now();
+        loop {
+            let (got, body) = send(base, blob, counter);
+            counter += 1;
+            if got == status {
+                return (counter, body);
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "still {got} {body}, not {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = provision("board-1");
+    let daemon = Serve::new(&state, &repo, &trust).start();
+    let base = daemon.base.as_str();
+    assert_eq!(send(base, &first, 1).0, 200);
+
+    let second = provision("board-2");
+    let (status, err) = send(base, &second, 1);
+    if status != 200 {
+        // Not seen yet: refused as unknown, and the counter is not used up.
+        assert_eq!(status, 401, "{err}");
+        assert!(err["error"].as_str().unwrap().contains("unknown device"), "{err}");
+        until(base, &second, 1, 200);
+    }
+
+    ok(warden(&state).args(["device", "revoke", "board-1"]));
+    let (_, err) = until(base, &first, 2, 403);
+    assert!(err["error"].as_str().unwrap().contains("revoked"), "{err}");
+    assert_eq!(send(base, &second, 100).0, 200, "the other device is unaffected");
+    assert!(daemon.stderr_tail().contains("device registry changed; reloaded"), "{}", daemon.stderr_tail());
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+}
+
 /// The daemon writes device counters without a sync and makes each durable in the reading's
 /// audit record (one fsync per reading instead of two). So when the counter log loses what was
 /// not synced (a power cut; here the worst case, the whole file), every reading the daemon
@@ -182,7 +234,8 @@ fn answered_readings_stay_replays_when_the_counter_log_is_lost() {
     let mut blobs = Vec::new();
     for id in ["board-1", "board-2"] {
         ok(warden(&state).args(["device", "provision", "--id", id, "--out"]).arg(dir.path()));
-        blobs.push(KeyBlob::parse(&std::fs::read(dir.path().join(format!("{id}.keyblob"))).unwrap()).unwrap());
+        blobs
+            .push(KeyBlob::parse(&std::fs::read(dir.path().join(format!("{id}.keyblob"))).unwrap()).unwrap());
     }
     let send = |base: &str, blob: &KeyBlob, counter: u64| {
         post(base, "/v1/readings", &signed_reading(blob, counter), "application/octet-stream")

@@ -3,7 +3,8 @@
 //! running daemon), the manifest's rate limit (429 + Retry-After) and query budget (kept across a
 //! restart), NaN refused, Triton binary tensor data, Prometheus metrics, TLS from `warden cert
 //! dev` with a config file, SIGHUP reload (a bad bundle refused while the old one keeps serving),
-//! and refusing plain HTTP on a network address.
+//! and refusing plain HTTP, or no tokens, on a network address (unless dangerously told to; the
+//! first token created then turns tokens on in the running daemon).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -434,16 +435,79 @@ fn tls_config_file_and_sighup_reload() {
 fn plain_http_and_no_tokens_are_refused_on_network_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let out = warden(&state)
-        .args(["serve", "--listen", "0.0.0.0:0", "--repo"])
-        .arg(root().join("models/repo"))
-        .arg("--trust")
-        .arg(root().join("models/dev-trust"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (repo, trust) = (root().join("models/repo"), root().join("models/dev-trust"));
+    // The daemon's stderr once it has exited, as it must; one that serves instead fails the test.
+    let refusal = |extra: &[&str]| {
+        let stderr = dir.path().join("refused.stderr");
+        let mut child = warden(&state)
+            .args(["serve", "--listen", "0.0.0.0:0", "--repo"])
+            .arg(&repo)
+            .arg("--trust")
+            .arg(&trust)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("serve {extra:?} on 0.0.0.0 was not refused: {}", common::read_tail(&stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success());
+        std::fs::read_to_string(&stderr).unwrap()
+    };
+    let stderr = refusal(&[]);
     assert!(stderr.contains("refusing plain HTTP on 0.0.0.0:0"), "{stderr}");
+    // Plain HTTP allowed, but no token exists yet: anyone on the network could call.
+    let stderr = refusal(&["--dangerous-plain-http-on-network"]);
+    assert!(stderr.contains("refusing to serve 0.0.0.0:0 without client tokens"), "{stderr}");
+
+    // Both dangerously allowed: it serves without tokens...
+    let mut daemon = Serve::new(&state, &repo, &trust)
+        .listen("0.0.0.0:0")
+        .args(["--dangerous-plain-http-on-network", "--dangerous-no-auth-on-network"])
+        .start();
+    assert!(daemon.addr.starts_with("0.0.0.0:"), "{}", daemon.first_line);
+    daemon.base = daemon.base.replace("0.0.0.0", "127.0.0.1");
+    assert_eq!(infer(&daemon, "digits", None).status, 200);
+    // ...until the first token is created, which the running daemon notices within a second.
+    let alice = token(&state, "alice", "digits");
+    let started = Instant::now();
+    while infer(&daemon, "digits", None).status != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tokens never turned on: {}",
+            daemon.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(infer(&daemon, "digits", Some(&alice)).status, 200);
+    assert!(
+        daemon.stderr_tail().contains("client tokens are required from now on"),
+        "{}",
+        daemon.stderr_tail()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+
+    // With the token store in place, the network address is served without the opt-in.
+    let daemon = Serve::new(&state, &repo, &trust)
+        .listen("0.0.0.0:0")
+        .args(["--dangerous-plain-http-on-network"])
+        .start();
+    let local = daemon.base.replace("0.0.0.0", "127.0.0.1");
+    let url = format!("{local}/v2/models/digits/infer");
+    let answer =
+        agent().post(&url).header("content-type", "application/json").send(&digits_request()).unwrap();
+    assert_eq!(answer.status().as_u16(), 401);
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
 }
 
 #[test]

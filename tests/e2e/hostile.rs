@@ -548,7 +548,9 @@ fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
     let dir = tempfile::tempdir().unwrap();
     let publisher = TestPublisher::new(dir.path());
     let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
-    let top = 16 * 65536i64; // the module's 16 pages
+    // The module's 1,024 pages (64 MiB): room for a run whose 2^23 channels all lie inside it.
+    let pages = 1024i64;
+    let top = pages * 65536;
     let (taps_at, offsets_at) = (8192i64, 12288i64);
     // (what, [input, output, kernel, tap_indices, offsets, taps, bias, channels, k_stride, len,
     //  in_stride, out_stride], tap index and offset of every tap, the refusal expected)
@@ -561,7 +563,7 @@ fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
         }
         a
     };
-    let abuses: [Abuse; 10] = [
+    let abuses: [Abuse; 11] = [
         ("an output run past the end", with(&[(1, top - 16)]), (0, 0), "output"),
         ("an input read below 0", with(&[(0, 0)]), (0, -64), "input"),
         ("a long input stride", with(&[(9, 1 << 20), (10, 1 << 12)]), (0, 0), "input"),
@@ -572,6 +574,25 @@ fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
         ("too many taps", with(&[(5, 5000)]), (0, 0), "depthwise taps"),
         ("a negative output stride below 0", with(&[(1, 64), (11, -64)]), (0, 0), "output"),
         ("a run too long for one call", with(&[(9, 1 << 22), (10, 0), (11, 0)]), (0, 0), "multiply-adds"),
+        // 2^31 positions x 2^23 channels x 1,024 taps is 2^64 multiply-adds, which a u64 count
+        // wrapped to 0; every operand in memory, so only the work cap stands in the way.
+        (
+            "a run whose work wraps a u64",
+            with(&[
+                (0, 65536),
+                (1, 65536),
+                (2, 65536),
+                (5, 1024),
+                (6, 65536),
+                (7, 1 << 23),
+                (8, 1 << 23),
+                (9, 1 << 31),
+                (10, 0),
+                (11, 0),
+            ]),
+            (0, 0),
+            "multiply-adds",
+        ),
     ];
     for (what, args, (tap, offset), refusal) in abuses {
         let args: String =
@@ -580,7 +601,7 @@ fn guest_abusing_the_depthwise_import_is_trapped_before_native_code_runs() {
             r#"(module
                 (import "warden" "depthwise_c" (func $dw
                     (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-                (memory (export "memory") 16)
+                (memory (export "memory") {pages})
                 (func (export "warden_abi_version") (result i32) (i32.const {abi}))
                 (func (export "warden_reserve") (param i32) (result i32) (i32.const 16384))
                 (func (export "warden_load") (param i32) (result i64)

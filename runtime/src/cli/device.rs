@@ -23,7 +23,8 @@ pub(super) enum DeviceCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Revoke a device: its readings are refused from now on.
+    /// Revoke a device: its readings are refused from now on (a running `warden serve` or
+    /// `warden ingest` notices within a second).
     Revoke {
         /// Device id.
         id: String,

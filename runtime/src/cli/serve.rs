@@ -46,7 +46,9 @@ pub(super) struct ServeArgs {
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
     /// Require a bearer token on model requests even before any token exists. Tokens are
-    /// required anyway once `warden token create` has been run, and on non-loopback addresses.
+    /// required anyway once `warden token create` has been run (a running daemon notices within
+    /// a second); on a non-loopback address the daemon does not start before then (unless
+    /// --dangerous-no-auth-on-network).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     require_tokens: Option<bool>,
     /// Requests per minute one client token may make across all models [default: unlimited; the
@@ -76,7 +78,8 @@ pub(super) struct ServeArgs {
     /// traffic.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     dangerous_plain_http_on_network: Option<bool>,
-    /// Serve a non-loopback address without requiring client tokens.
+    /// Serve a non-loopback address before any client token exists, so to anyone there (the
+    /// first `warden token create` still turns tokens on).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     dangerous_no_auth_on_network: Option<bool>,
 }

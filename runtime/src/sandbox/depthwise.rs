@@ -104,8 +104,10 @@ impl DepthwiseC {
         if taps > MAX_TAPS {
             return Err(KernelFault(format!("{taps} depthwise taps (at most {MAX_TAPS})")));
         }
-        let work = u64::from(a.len) * u64::from(a.channels) * taps.max(1) as u64;
-        if work > MAX_DEPTHWISE_WORK {
+        // In u128: the u64 product wraps (2^31 * 2^23 * 1024 is 2^64, so 0), which let a hostile
+        // guest past the cap into a run without end.
+        let work = u128::from(a.len) * u128::from(a.channels) * taps.max(1) as u128;
+        if work > u128::from(MAX_DEPTHWISE_WORK) {
             return Err(KernelFault(format!(
                 "a depthwise run of {work} multiply-adds (at most {MAX_DEPTHWISE_WORK} per call)"
             )));

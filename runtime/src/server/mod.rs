@@ -41,8 +41,9 @@ pub struct ServerConfig {
     /// Serve HTTPS with these files. By default `None`: plain HTTP, on loopback only.
     pub tls: Option<TlsFiles>,
     /// Require a bearer token on every model request even when no token store exists yet. By
-    /// default `false`; tokens are required anyway once `warden token create` has made the store,
-    /// and whenever the daemon listens on a non-loopback address.
+    /// default `false`; tokens are required anyway once `warden token create` has made the store
+    /// (a running daemon notices within a second). On a non-loopback address the daemon does not
+    /// start without a store unless `dangerous_no_auth_on_network` is set.
     pub require_tokens: bool,
     /// Host-wide rate limits and queue depth.
     pub limits: HostLimits,
@@ -53,7 +54,8 @@ pub struct ServerConfig {
     pub audit_sync_spacing: Duration,
     /// Serve plain HTTP on a non-loopback address. By default `false`.
     pub dangerous_plain_http_on_network: bool,
-    /// Serve a non-loopback address without requiring tokens. By default `false`.
+    /// Serve a non-loopback address before any token exists, so without requiring tokens. By
+    /// default `false`. Creating the first token turns them on all the same.
     pub dangerous_no_auth_on_network: bool,
 }
 
@@ -142,7 +144,9 @@ pub enum ServeError {
 pub fn prepare(runtime: Arc<Runtime>, config: ServerConfig) -> Result<Arc<AppState>, ServeError> {
     config.check()?;
     let network = !config.listen.ip().is_loopback();
-    let auth = Authenticator::open(runtime.state_dir(), config.require_tokens || network)?;
+    // Tokens are required once a token store exists. On a network address, a daemon with none
+    // would be open to anyone there, so it does not start unless told to, dangerously.
+    let auth = Authenticator::open(runtime.state_dir(), config.require_tokens)?;
     if network && !auth.required() && !config.dangerous_no_auth_on_network {
         return Err(ServeError::NoAuthOnNetwork(config.listen));
     }

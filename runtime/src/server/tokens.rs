@@ -8,8 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
-use crate::trust::fsutil::{create_private_dir, write_atomic};
+use crate::trust::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, now_ms, write_atomic};
 
 /// The token store's file in the state directory.
 pub const TOKENS_FILE: &str = "tokens.json";
@@ -74,10 +73,6 @@ pub enum TokenError {
 pub struct TokenStore {
     path: PathBuf,
     records: Vec<TokenRecord>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 fn digest(token: &str) -> String {
@@ -180,45 +175,47 @@ pub enum AuthError {
 }
 
 /// The daemon's view of the token store: re-read when the file changes (checked at most once a
-/// second), so `warden token create|revoke` take effect on a running daemon.
+/// second), so `warden token create|revoke` take effect on a running daemon, the first token
+/// created included.
 #[derive(Debug)]
 pub struct Authenticator {
     path: PathBuf,
-    required: bool,
+    /// Set once and never cleared: by `require`, or once the store exists.
+    required: AtomicBool,
     active: RwLock<Snapshot>,
-    checked_ms: AtomicU64,
+    watch: FileWatch,
 }
 
 #[derive(Debug, Default)]
 struct Snapshot {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: FileStamp,
     records: Vec<TokenRecord>,
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 impl Authenticator {
     /// Reads the store in `state_dir`. Tokens are required when `require` is set or the store
-    /// file exists (once tokens are in use, revoking the last one never opens the daemon).
+    /// file exists; a store created later, by the first `warden token create`, turns them on
+    /// within a second. Once on, they stay on (revoking the last token never opens the daemon).
     pub fn open(state_dir: &Path, require: bool) -> Result<Authenticator> {
         let path = state_dir.join(TOKENS_FILE);
+        let stamp = file_stamp(&path);
         let records = read_records(&path)?;
         let required = require || records.is_some();
-        let snapshot = Snapshot { stamp: stamp(&path), records: active(records.unwrap_or_default()) };
+        let snapshot = Snapshot { stamp, records: active(records.unwrap_or_default()) };
         Ok(Authenticator {
             path,
-            required,
+            required: AtomicBool::new(required),
             active: RwLock::new(snapshot),
-            checked_ms: AtomicU64::new(now_ms()),
+            watch: FileWatch::new(),
         })
     }
 
     /// Whether requests must carry a token.
     pub fn required(&self) -> bool {
-        self.required
+        if !self.required.load(Ordering::Acquire) {
+            self.refresh();
+        }
+        self.required.load(Ordering::Acquire)
     }
 
     /// The record of the token in an `Authorization` header value.
@@ -242,23 +239,25 @@ impl Authenticator {
     /// Re-reads the store if the file changed (at most once a second). A store that cannot be
     /// read keeps the last good snapshot and is logged.
     fn refresh(&self) {
-        let now = now_ms();
-        let last = self.checked_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 1000
-            || self.checked_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
-        {
+        if !self.watch.due() {
             return;
         }
-        let current = stamp(&self.path);
+        // Stamped before the read: a change during it is seen at the next check.
+        let current = file_stamp(&self.path);
         if current == self.active.read().unwrap_or_else(|p| p.into_inner()).stamp {
             return;
         }
         match read_records(&self.path) {
             Ok(records) => {
+                let exists = records.is_some();
                 let records = active(records.unwrap_or_default());
                 tracing::info!(active = records.len(), "token store changed; reloaded");
                 *self.active.write().unwrap_or_else(|p| p.into_inner()) =
                     Snapshot { stamp: current, records };
+                // After the snapshot, so a request that sees tokens required sees the new ones.
+                if exists && !self.required.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("a token store was created: client tokens are required from now on");
+                }
             }
             Err(e) => tracing::error!(error = %e, "token store unreadable; keeping the previous tokens"),
         }
@@ -303,6 +302,23 @@ mod tests {
         assert!(matches!(store.revoke("alice"), Err(TokenError::NotFound(_))));
         let auth = Authenticator::open(dir.path(), false).unwrap();
         assert!(auth.required(), "revoking the last token keeps tokens required");
+        assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn the_first_token_created_turns_tokens_on_in_a_running_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::open(dir.path(), false).unwrap();
+        assert!(!auth.required(), "no store, not required");
+        let token = TokenStore::open(dir.path()).unwrap().create("alice", &["digits".into()]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(FileWatch::INTERVAL_MS + 100));
+        assert!(auth.required(), "the new store is noticed within the watch's interval");
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))).unwrap().name, "alice");
+        // Removing the store does not open the reader again.
+        std::fs::remove_file(dir.path().join(TOKENS_FILE)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(FileWatch::INTERVAL_MS + 100));
+        assert!(auth.required());
         assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))), Err(AuthError::Invalid));
     }
 }

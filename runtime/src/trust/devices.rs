@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
@@ -13,7 +13,7 @@ use warden_wire::reading::{MAX_DEVICE_ID, MAX_MESSAGE_LEN, READING_FORMAT, Signe
 
 use super::counters::{CounterError, CounterStore};
 use super::device_key::{DeviceKey, MAX_KEY_TABLES, TableBudget};
-use super::fsutil::{create_private_dir, write_atomic};
+use super::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, write_atomic};
 use crate::error::{Error, Result};
 
 const REGISTRY_FILE: &str = "devices.json";
@@ -88,23 +88,33 @@ pub struct DeviceInfo {
 #[derive(Debug)]
 pub struct DeviceRegistry {
     path: PathBuf,
+    /// The file as it was just before it was read.
+    stamp: FileStamp,
     devices: BTreeMap<String, DeviceRecord>,
     /// Each device's key as a curve point, decompressed once here rather than per reading
     /// (about a tenth of a strict check), with its table of multiples once it has been used. A
-    /// record whose key does not parse has none.
-    keys: HashMap<String, DeviceKey>,
-    /// Bounds the memory the keys' tables take (30 KiB each).
-    tables: TableBudget,
+    /// record whose key does not parse has none. Shared with the registry read after a change,
+    /// for the keys that stayed the same.
+    keys: HashMap<String, Arc<DeviceKey>>,
+    /// Bounds the memory the keys' tables take (30 KiB each); shared the same way.
+    tables: Arc<TableBudget>,
 }
 
-/// The verifying key of every record whose hex key parses into a curve point.
-fn parse_keys(devices: &BTreeMap<String, DeviceRecord>) -> HashMap<String, DeviceKey> {
+/// The verifying key of every record whose hex key parses into a curve point; `reuse` gives the
+/// already parsed key (and its table) of a device whose record names the same key.
+fn parse_keys(
+    devices: &BTreeMap<String, DeviceRecord>,
+    reuse: impl Fn(&str, &DeviceRecord) -> Option<Arc<DeviceKey>>,
+) -> HashMap<String, Arc<DeviceKey>> {
     devices
         .iter()
         .filter_map(|(id, record)| {
+            if let Some(key) = reuse(id, record) {
+                return Some((id.clone(), key));
+            }
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(&record.public_key, &mut bytes).ok()?;
-            Some((id.clone(), DeviceKey::new(VerifyingKey::from_bytes(&bytes).ok()?)))
+            Some((id.clone(), Arc::new(DeviceKey::new(VerifyingKey::from_bytes(&bytes).ok()?))))
         })
         .collect()
 }
@@ -128,9 +138,22 @@ impl DeviceRegistry {
     pub fn open(state_dir: &Path) -> Result<DeviceRegistry> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(REGISTRY_FILE);
+        let stamp = file_stamp(&path);
         let devices = read_json(&path)?;
-        let tables = TableBudget::new(MAX_KEY_TABLES);
-        Ok(DeviceRegistry { keys: parse_keys(&devices), devices, path, tables })
+        let tables = Arc::new(TableBudget::new(MAX_KEY_TABLES));
+        Ok(DeviceRegistry { keys: parse_keys(&devices, |_, _| None), devices, path, stamp, tables })
+    }
+
+    /// The registry as its file is now, keeping the parsed keys (and their tables) of the
+    /// devices whose key did not change.
+    fn reread(&self) -> Result<DeviceRegistry> {
+        let stamp = file_stamp(&self.path);
+        let devices = read_json(&self.path)?;
+        let keys = parse_keys(&devices, |id, record| {
+            self.devices.get(id).filter(|old| old.public_key == record.public_key)?;
+            self.keys.get(id).cloned()
+        });
+        Ok(DeviceRegistry { path: self.path.clone(), stamp, devices, keys, tables: Arc::clone(&self.tables) })
     }
 
     /// Makes a key pair for a new device, registers its public key, and returns the key blob to
@@ -158,11 +181,12 @@ impl DeviceRegistry {
         );
         write_json(&self.path, &next)?;
         self.devices = next;
-        self.keys.insert(id.to_string(), DeviceKey::new(public));
+        self.keys.insert(id.to_string(), Arc::new(DeviceKey::new(public)));
         Ok(KeyBlob { device_id, seed: key.to_bytes() })
     }
 
-    /// Revokes a device: its readings are refused from now on.
+    /// Revokes a device: its readings are refused from now on (by a running daemon's verifier
+    /// within a second).
     pub fn revoke(&mut self, id: &str) -> Result<()> {
         let mut next = self.devices.clone();
         let record = next.get_mut(id).ok_or_else(|| Error::Request(format!("unknown device {id:?}")))?;
@@ -185,23 +209,51 @@ impl DeviceRegistry {
         if record.revoked {
             return Err(ReadingError::RevokedDevice(id.to_string()));
         }
-        self.keys.get(id).ok_or_else(|| ReadingError::UnknownKey(id.to_string()))
+        self.keys.get(id).map(|k| &**k).ok_or_else(|| ReadingError::UnknownKey(id.to_string()))
     }
 }
 
 /// Verifies signed readings and records each device's last accepted counter, durably, before a
 /// reading is accepted: a restart does not reopen replays.
+///
+/// A long-lived verifier (the daemon's, `warden ingest`'s) follows the device registry's file:
+/// it looks for a change at most once a second, so `warden device revoke` and `provision` take
+/// effect within a second, without a restart.
 #[derive(Debug)]
 pub struct ReadingVerifier {
-    registry: DeviceRegistry,
+    registry: RwLock<Arc<DeviceRegistry>>,
+    watch: FileWatch,
     counters: Arc<CounterStore>,
     freshness: Duration,
 }
 
 impl ReadingVerifier {
-    /// The device registry.
-    pub fn registry(&self) -> &DeviceRegistry {
-        &self.registry
+    /// The device registry, as of the last look at its file.
+    pub fn registry(&self) -> Arc<DeviceRegistry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The registry to check a reading against: read again first if its file changed since
+    /// (looked at no more than once a second). A file that cannot be read keeps the last good
+    /// registry, and says so in the log.
+    fn current(&self) -> Arc<DeviceRegistry> {
+        let registry = self.registry();
+        if !self.watch.due() || file_stamp(&registry.path) == registry.stamp {
+            return registry;
+        }
+        match registry.reread() {
+            Ok(next) => {
+                let revoked = next.devices.values().filter(|r| r.revoked).count();
+                tracing::info!(devices = next.devices.len(), revoked, "device registry changed; reloaded");
+                let next = Arc::new(next);
+                *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
+                next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "device registry unreadable; keeping the previous one");
+                registry
+            }
+        }
     }
 
     /// Opens the registry and counters in `state_dir`. Readings that carry a timestamp must be
@@ -210,7 +262,12 @@ impl ReadingVerifier {
         let registry = DeviceRegistry::open(state_dir)?;
         let counters = CounterStore::open(state_dir)?;
         DeviceKey::prepare();
-        Ok(ReadingVerifier { registry, counters: Arc::new(counters), freshness })
+        Ok(ReadingVerifier {
+            registry: RwLock::new(Arc::new(registry)),
+            watch: FileWatch::new(),
+            counters: Arc::new(counters),
+            freshness,
+        })
     }
 
     /// Checks a reading: format, registered and unrevoked device, its key, the strict signature,
@@ -232,14 +289,15 @@ impl ReadingVerifier {
         }
         let r = &signed.reading;
         let device = r.device_id.as_str().to_string();
-        let key = self.registry.key_of(&device)?;
+        let registry = self.current();
+        let key = registry.key_of(&device)?;
         if key_id(key.verifying_key().as_bytes()) != signed.key_id {
             return Err(ReadingError::UnknownKey(device));
         }
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         let message = reading_message(signed.format, &signed.key_id, r, &mut buf)
             .map_err(|_| ReadingError::Malformed)?;
-        key.verify_strict(message, &Signature::from_bytes(&signed.signature.0), &self.registry.tables)
+        key.verify_strict(message, &Signature::from_bytes(&signed.signature.0), &registry.tables)
             .map_err(|_| ReadingError::BadSignature(device.clone()))?;
         if let Some(ts) = r.timestamp_ms {
             let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);

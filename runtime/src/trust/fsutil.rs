@@ -45,3 +45,51 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
     #[cfg(not(unix))]
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))
 }
+
+/// What a file looked like: modification time, length and inode (a rewrite by [`write_atomic`]
+/// renames a new inode over it), or `None` if it did not exist.
+pub(crate) type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The stamp of `path` now.
+pub(crate) fn file_stamp(path: &Path) -> FileStamp {
+    let meta = fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
+}
+
+/// Paces the checks a long-running reader makes for a changed file (the token store, the device
+/// registry): [`FileWatch::due`] is true at most once a second, and then for one caller only,
+/// so the hot path pays one atomic load and a clock read.
+#[derive(Debug)]
+pub(crate) struct FileWatch {
+    checked_ms: std::sync::atomic::AtomicU64,
+}
+
+impl FileWatch {
+    /// How often the file is looked at.
+    pub(crate) const INTERVAL_MS: u64 = 1000;
+
+    /// A watch whose first check is due a second from now.
+    pub(crate) fn new() -> FileWatch {
+        FileWatch { checked_ms: std::sync::atomic::AtomicU64::new(now_ms()) }
+    }
+
+    /// Whether this caller should look at the file now.
+    pub(crate) fn due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let last = self.checked_ms.load(Relaxed);
+        now.saturating_sub(last) >= Self::INTERVAL_MS
+            && self.checked_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}

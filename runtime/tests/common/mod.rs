@@ -70,6 +70,7 @@ pub fn agent() -> ureq::Agent {
 /// arguments and environment variables.
 #[derive(Debug)]
 pub struct Serve {
+    listen: String,
     state: PathBuf,
     repo: PathBuf,
     trust: PathBuf,
@@ -85,6 +86,7 @@ impl Serve {
     pub fn new(state: &Path, repo: &Path, trust: &Path) -> Serve {
         let stderr = state.parent().unwrap_or(state).join("daemon.stderr");
         Serve {
+            listen: "127.0.0.1:0".into(),
             state: state.to_path_buf(),
             repo: repo.to_path_buf(),
             trust: trust.to_path_buf(),
@@ -92,6 +94,12 @@ impl Serve {
             envs: Vec::new(),
             stderr,
         }
+    }
+
+    /// Listen on `addr` instead of `127.0.0.1:0`.
+    pub fn listen(mut self, addr: &str) -> Serve {
+        self.listen = addr.into();
+        self
     }
 
     /// One more command-line argument (after `serve ...`; global flags work there too).
@@ -126,7 +134,7 @@ impl Serve {
     pub fn start(self) -> Daemon {
         let log = OpenOptions::new().create(true).append(true).open(&self.stderr).unwrap();
         let mut cmd = warden(&self.state);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--repo"])
+        cmd.args(["serve", "--listen", &self.listen, "--repo"])
             .arg(&self.repo)
             .arg("--trust")
             .arg(&self.trust)

@@ -141,7 +141,8 @@ enum CertCommand {
 }
 
 /// Exit codes: 1 other failures, 3 a refused bundle or key, 4 a refused request, 5 the sandbox
-/// stopped the model (trap, timeout, memory cap).
+/// stopped the model (trap, timeout, memory cap) or its outputs broke the manifest. (clap exits
+/// with 2 on a bad command line before this runs.)
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
         Some(Error::Bundle { .. } | Error::Key(_)) => 3,

@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -212,7 +212,7 @@ impl RuntimeBuilder {
         })?;
         Ok(Runtime {
             sandbox: Arc::new(sandbox),
-            trust,
+            trust: RwLock::new(trust.map(Arc::new)),
             ledger,
             state_dir,
             timeout: self.timeout,
@@ -236,7 +236,8 @@ impl RuntimeBuilder {
 #[derive(Debug)]
 pub struct Runtime {
     sandbox: Arc<Sandbox>,
-    trust: Option<TrustStore>,
+    /// Replaced whole by [`Runtime::reload_trust`].
+    trust: RwLock<Option<Arc<TrustStore>>>,
     ledger: VersionLedger,
     state_dir: PathBuf,
     timeout: Duration,
@@ -290,9 +291,22 @@ impl Runtime {
         self.sandbox.compile_outcome()
     }
 
-    /// The trusted keys, if a trust directory was given.
-    pub fn trust(&self) -> Option<&TrustStore> {
-        self.trust.as_ref()
+    /// The trusted keys, if a trust directory was given: as it was read last.
+    pub fn trust(&self) -> Option<Arc<TrustStore>> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the trust directory again (its keys and its `revoked` file), so that bundles verified
+    /// from now on are checked against it; `warden serve` does so on SIGHUP and then drops the
+    /// models whose key is no longer trusted. A directory that does not load (a bad key file,
+    /// no keys left) leaves the trust as it was and is the error.
+    pub fn reload_trust(&self) -> Result<()> {
+        let Some(dir) = self.trust().map(|t| t.dir().to_path_buf()) else {
+            return Ok(());
+        };
+        let store = TrustStore::load(&dir)?;
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
+        Ok(())
     }
 
     /// The state directory in use.
@@ -310,11 +324,11 @@ impl Runtime {
     /// Verifies a bundle directory (signature, key, digest, rollback), loads the model into a
     /// sandbox instance under the load deadline, and records its version as accepted.
     pub fn load_bundle(&self, dir: impl AsRef<Path>) -> Result<Model> {
-        let trust = self.trust.as_ref().ok_or_else(|| Error::Bundle {
+        let trust = self.trust().ok_or_else(|| Error::Bundle {
             path: dir.as_ref().to_path_buf(),
             kind: crate::error::BundleError::UnknownKey("(no trust directory configured)".into()),
         })?;
-        let bundle = verify_bundle(dir.as_ref(), trust)?;
+        let bundle = verify_bundle(dir.as_ref(), &trust)?;
         self.ledger.check(&bundle)?;
         let model = self.load_verified(bundle)?;
         self.ledger.accept(&model.inner.bundle)?;

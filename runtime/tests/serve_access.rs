@@ -2,7 +2,8 @@
 //! tokens (401 without or with a wrong token, 403 outside the token's scope, revocation on a
 //! running daemon), the manifest's rate limit (429 + Retry-After) and query budget (kept across a
 //! restart), NaN refused, Triton binary tensor data, Prometheus metrics, TLS from `warden cert
-//! dev` with a config file, SIGHUP reload (a bad bundle refused while the old one keeps serving),
+//! dev` with a config file, SIGHUP reload (a bad bundle refused while the old one keeps serving;
+//! a revoked publisher key's models unloaded),
 //! and refusing plain HTTP, or no tokens, on a network address (unless dangerously told to; the
 //! first token created then turns tokens on in the running daemon).
 #![allow(clippy::unwrap_used)]
@@ -507,6 +508,43 @@ fn plain_http_and_no_tokens_are_refused_on_network_addresses() {
     let answer =
         agent().post(&url).header("content-type", "application/json").send(&digits_request()).unwrap();
     assert_eq!(answer.status().as_u16(), 401);
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+}
+
+/// A publisher key revoked in the trust directory: SIGHUP reads the directory again, the models
+/// that key signed stop serving, a new bundle it signs is refused, and the other publishers'
+/// models serve on.
+#[test]
+fn a_publisher_key_revoked_then_sighup_unloads_what_it_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (repo, trust) = (dir.path().join("repo"), dir.path().join("trust"));
+    copy_dir(&root().join("models/repo/digits"), &repo.join("digits"));
+    copy_dir(&root().join("models/dev-trust"), &trust);
+    let key = dir.path().join("mallory");
+    let made = ok(warden(&state).args(["keygen", "--out"]).arg(&key));
+    let key_id = made.split("key id ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
+    std::fs::copy(key.with_extension("pub"), trust.join("mallory.pub")).unwrap();
+    limited_digits(&state, &repo, &key.with_extension("key"), "mallorys", 1, "[limits]");
+    let daemon = Serve::new(&state, &repo, &trust).start();
+    assert_eq!(infer(&daemon, "mallorys", None).status, 200);
+
+    std::fs::write(trust.join("revoked"), format!("# mallory's key leaked\n{key_id}\n")).unwrap();
+    limited_digits(&state, &repo, &key.with_extension("key"), "mallorys_new", 1, "[limits]");
+    assert!(Command::new("kill").args(["-HUP", &daemon.pid().to_string()]).status().unwrap().success());
+    let started = Instant::now();
+    while !daemon.stderr_tail().contains("reload done") {
+        assert!(started.elapsed() < Duration::from_secs(20), "no reload: {}", daemon.stderr_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.stderr_tail();
+    assert!(log.contains("no longer trusted"), "{log}");
+    for name in ["mallorys", "mallorys_new"] {
+        let r = infer(&daemon, name, None);
+        assert_eq!(r.status, 404, "{name}: {}", r.error());
+    }
+    assert!(log.contains("mallorys_new/1") && log.contains("revoked"), "{log}");
+    assert_eq!(infer(&daemon, "digits", None).status, 200, "the dev key's model serves on");
     assert!(daemon.terminate(Duration::from_secs(10)).success());
 }
 

@@ -77,12 +77,27 @@ impl Repository {
         repository
     }
 
-    /// Scans the repository again: new and changed bundles are verified and loaded, bundles gone
-    /// from disk stop being served. A bundle that is refused (bad signature, rollback, a model
-    /// that does not load) leaves what was serving under its name and version in place.
+    /// Reads the trust directory again, then scans the repository: new and changed bundles are
+    /// verified and loaded, bundles gone from disk stop being served, and so do bundles whose key
+    /// is no longer trusted (revoked, or its `.pub` file gone). A bundle that is refused (bad
+    /// signature, rollback, a model that does not load) leaves what was serving under its name and
+    /// version in place, if its key is still trusted.
     pub fn reload(&self) -> ReloadReport {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = ReloadReport::default();
+        // The trust directory first: a key revoked (or removed) since stops serving what it
+        // signed, and signs nothing new.
+        if let Err(e) = self.runtime.reload_trust() {
+            tracing::error!(error = %e, "trust directory refused; keeping the keys read before");
+            report.refused.push(("trust directory".into(), e.to_string()));
+        }
+        let trust = self.runtime.trust();
+        let untrusted = |c: &Loaded| {
+            let key = c.model.key_id();
+            trust.as_ref().map_or(Some(format!("{key}: no trust directory")), |t| {
+                t.lookup(key).err().map(|e| e.to_string())
+            })
+        };
         let old = self.models.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut next: Models = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -93,8 +108,19 @@ impl Repository {
                 continue;
             };
             seen.insert((name.clone(), version));
-            let current = old.get(&name).and_then(|vs| vs.get(&version));
+            let mut current = old.get(&name).and_then(|vs| vs.get(&version));
             let signature = std::fs::read(dir.join(SIGNATURE_FILE)).unwrap_or_default();
+            if let Some(reason) = current.and_then(untrusted) {
+                tracing::error!(model = %name, version, %reason, "its key is no longer trusted; unloaded");
+                // Unchanged, it would only be refused again; changed (signed anew, say), it is
+                // verified below, and nothing older stands in for it if it fails.
+                let unchanged = current.is_some_and(|c| c.signature == signature);
+                current = None;
+                if unchanged {
+                    report.refused.push((dir.display().to_string(), reason));
+                    continue;
+                }
+            }
             if let Some(c) = current.filter(|c| c.signature == signature) {
                 next.entry(name).or_default().insert(version, c.clone());
                 continue;

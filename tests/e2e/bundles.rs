@@ -113,6 +113,34 @@ fn rollback_is_refused_even_after_a_restart() {
     assert_eq!(refusal(restarted.load_bundle(&dir2)), BundleError::VersionReused { version: 2 });
 }
 
+/// Two processes on one state directory (here two runtimes, each with its own view of the
+/// ledger, as a daemon and `warden infer` beside it would have): what one accepts, the other
+/// neither rolls back past nor overwrites when it records a model of its own.
+#[test]
+fn rollback_is_refused_across_processes_sharing_a_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let fixture = digits();
+    let repo = dir.path().join("repo");
+    let mut manifest = fixture.manifest();
+    let v1 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
+    manifest.version = 2;
+    let v2 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
+    let bc = Fixture::load(&root().join("models/fixtures/breast_cancer.reference.json"));
+    let other = publisher.bundle(&dir.path().join("other"), &bc.manifest(), &bc.model_bytes());
+    let state = dir.path().join("state");
+    let daemon = builder(&state, &publisher.trust).build().unwrap();
+    let beside = builder(&state, &publisher.trust).build().unwrap();
+    daemon.load_bundle(&v1).unwrap();
+    beside.load_bundle(&v2).unwrap();
+    // The daemon records another model: its write must keep digits at 2.
+    daemon.load_bundle(&other).unwrap();
+    assert_eq!(refusal(daemon.load_bundle(&v1)), BundleError::Rollback { offered: 1, accepted: 2 });
+    let restarted = builder(&state, &publisher.trust).build().unwrap();
+    assert_eq!(refusal(restarted.load_bundle(&v1)), BundleError::Rollback { offered: 1, accepted: 2 });
+    restarted.load_bundle(&other).unwrap();
+}
+
 #[test]
 fn bundle_directory_must_match_its_manifest() {
     let dir = tempfile::tempdir().unwrap();

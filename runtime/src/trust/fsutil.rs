@@ -24,14 +24,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     })
 }
 
+/// Opens `path` for writing, created with `mode` if new, truncated.
 #[cfg(unix)]
-fn open_new(path: &Path, mode: u32) -> std::io::Result<File> {
+pub(crate) fn open_new(path: &Path, mode: u32) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)
 }
 
 #[cfg(not(unix))]
-fn open_new(path: &Path, _mode: u32) -> std::io::Result<File> {
+pub(crate) fn open_new(path: &Path, _mode: u32) -> std::io::Result<File> {
     fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)
 }
 

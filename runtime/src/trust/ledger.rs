@@ -5,10 +5,12 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::VerifiedBundle;
-use super::fsutil::{create_private_dir, write_atomic};
+use super::fsutil::{create_private_dir, open_new, write_atomic};
 use crate::error::{BundleError, Error, Result};
 
 const FILE: &str = "accepted-models.json";
+/// Held (an exclusive file lock) while a process reads, merges and rewrites the ledger.
+const LOCK_FILE: &str = "accepted-models.lock";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Accepted {
@@ -18,10 +20,35 @@ struct Accepted {
 
 /// The highest model version accepted per name, persisted in the state directory so a restart
 /// cannot be used to roll a model back.
+///
+/// Several processes may share a state directory (a daemon, and `warden infer` or `bench` beside
+/// it): each check reads what the others recorded, and each record is written under a file lock
+/// after merging the file's entries in, so no process writes back a version lower than one
+/// another recorded.
 #[derive(Debug)]
 pub struct VersionLedger {
     path: PathBuf,
+    lock_path: PathBuf,
     accepted: Mutex<BTreeMap<String, Accepted>>,
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, Accepted>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Takes in what another process recorded: per name, the higher version (the file's entry when
+/// both have the same version, since it was recorded first).
+fn merge(into: &mut BTreeMap<String, Accepted>, file: BTreeMap<String, Accepted>) {
+    for (name, theirs) in file {
+        if into.get(&name).is_none_or(|mine| mine.version <= theirs.version) {
+            into.insert(name, theirs);
+        }
+    }
 }
 
 impl VersionLedger {
@@ -29,24 +56,26 @@ impl VersionLedger {
     pub fn open(state_dir: &Path) -> Result<VersionLedger> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(FILE);
-        let accepted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        Ok(VersionLedger { path, accepted: Mutex::new(accepted) })
+        let accepted = read_file(&path)?;
+        Ok(VersionLedger { path, lock_path: state_dir.join(LOCK_FILE), accepted: Mutex::new(accepted) })
     }
 
-    /// Refuses a bundle whose version is below the highest accepted for its name, or equal
-    /// with other model bytes. Returns whether it is new (needs recording).
+    /// Refuses a bundle whose version is below the highest accepted for its name (by any process
+    /// sharing the state directory), or equal with other model bytes. Returns whether it is new
+    /// (needs recording).
     pub fn check(&self, bundle: &VerifiedBundle) -> Result<bool> {
-        check_against(&self.accepted.lock().unwrap_or_else(|p| p.into_inner()), bundle)
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        merge(&mut accepted, read_file(&self.path)?);
+        check_against(&accepted, bundle)
     }
 
     /// [`check`](Self::check)s the bundle, then records it durably before returning.
     pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
         let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        // An empty file whose only use is its lock (so truncating it is harmless).
+        let lock = open_new(&self.lock_path, 0o600).map_err(|e| Error::io(&self.lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&self.lock_path, e))?;
+        merge(&mut accepted, read_file(&self.path)?);
         if !check_against(&accepted, bundle)? {
             return Ok(());
         }
@@ -57,6 +86,7 @@ impl VersionLedger {
             serde_json::to_vec_pretty(&next).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
         write_atomic(&self.path, &bytes, 0o600)?;
         *accepted = next;
+        // The file lock goes with `lock`.
         Ok(())
     }
 

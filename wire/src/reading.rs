@@ -192,7 +192,10 @@ impl SignedReading {
         SignedReading::decode(&frame[..len])
     }
 
-    /// Decodes the raw postcard bytes of a signed reading (no COBS); refuses trailing bytes.
+    /// Decodes the raw postcard bytes of a signed reading (no COBS); refuses trailing bytes, and
+    /// any encoding but the one [`SignedReading::encode_frame`] writes (postcard also reads
+    /// overlong varints, `0x80 0x00` for 0, so one signed reading would have many byte forms,
+    /// each with its own hash in a host's log).
     pub fn decode(bytes: &[u8]) -> Result<SignedReading, FrameError> {
         if let Some(&format) = bytes.first()
             && format != READING_FORMAT
@@ -202,6 +205,11 @@ impl SignedReading {
         let (signed, rest): (SignedReading, _) =
             postcard::take_from_bytes(bytes).map_err(|_| FrameError::Malformed)?;
         if !rest.is_empty() {
+            return Err(FrameError::Malformed);
+        }
+        let mut again = [0u8; MAX_FRAME_LEN];
+        let canonical = postcard::to_slice(&signed, &mut again).map_err(|_| FrameError::Malformed)?;
+        if *canonical != *bytes {
             return Err(FrameError::Malformed);
         }
         Ok(signed)
@@ -242,6 +250,26 @@ mod tests {
         copy[..frame.len()].copy_from_slice(frame);
         assert_eq!(SignedReading::decode_frame(&mut copy[..frame.len()]).unwrap(), signed);
         assert_eq!(SignedReading::decode_frame(&mut [5, 1, 2, 0]), Err(FrameError::Malformed));
+    }
+
+    #[test]
+    fn only_the_canonical_encoding_decodes() {
+        let signed = SignedReading {
+            format: READING_FORMAT,
+            key_id: [1; 8],
+            reading: reading(),
+            signature: Signature64([7; 64]),
+        };
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let bytes = postcard::to_slice(&signed, &mut buf).unwrap().to_vec();
+        assert_eq!(SignedReading::decode(&bytes).unwrap(), signed);
+        // The counter, 42, is one varint byte after the format, the key id and the device id.
+        let at = 1 + 8 + 1 + signed.reading.device_id.len();
+        assert_eq!(bytes[at], 42);
+        let overlong = [&bytes[..at], &[42 | 0x80, 0], &bytes[at + 1..]].concat();
+        let (lenient, rest): (SignedReading, _) = postcard::take_from_bytes(&overlong).unwrap();
+        assert!(lenient == signed && rest.is_empty(), "postcard reads the overlong counter as 42");
+        assert_eq!(SignedReading::decode(&overlong), Err(FrameError::Malformed));
     }
 
     #[test]

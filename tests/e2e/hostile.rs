@@ -537,6 +537,45 @@ fn serves_digits_after_the_abuse(dir: &Path, publisher: &TestPublisher, bundle: 
     assert_close(&outputs[1], &tensors(&fixture.cases[0].outputs)[1], 1e-4, "digits after the abuse");
 }
 
+/// A guest that fills its stderr (64 KiB on one line) and traps: the trap's message, which
+/// reaches the client and the audit log, carries at most `MAX_ERROR_MESSAGE` bytes of it.
+#[test]
+fn a_guest_flooding_its_stderr_before_a_trap_gets_a_bounded_message() {
+    let fixture = Fixture::load(&root().join("models/fixtures/digits.reference.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = TestPublisher::new(dir.path());
+    let bundle = publisher.bundle(&dir.path().join("repo"), &fixture.manifest(), &fixture.model_bytes());
+    let wat = format!(
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 4)
+            ;; one iovec at 0: 65,536 bytes from address 16
+            (data (i32.const 0) "\10\00\00\00\00\00\01\00")
+            (func (export "warden_abi_version") (result i32) (i32.const {abi}))
+            (func (export "warden_reserve") (param i32) (result i32) (i32.const 131072))
+            (func (export "warden_load") (param i32) (result i64)
+                (memory.fill (i32.const 16) (i32.const 120) (i32.const 65536))
+                (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+                unreachable)
+            (func (export "warden_run") (param i32) (result i64) (i64.const 0))
+            (func (export "warden_inspect") (param i32) (result i64) (i64.const 0)))"#,
+        abi = warden::guest::ABI_VERSION,
+    );
+    let runtime = hostile_runtime(dir.path(), &publisher, wat);
+    match runtime.load_bundle(&bundle) {
+        Err(Error::Sandbox(SandboxError::Trap(message))) => {
+            assert!(message.contains("guest said: xxxx"), "{}", &message[..message.len().min(200)]);
+            assert!(
+                message.len() <= warden::guest::MAX_ERROR_MESSAGE + 100,
+                "a trap message of {} bytes",
+                message.len()
+            );
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    serves_digits_after_the_abuse(dir.path(), &publisher, &bundle, &fixture);
+}
+
 /// The same for the depthwise import: `warden.depthwise_c` calls whose runs would read or write
 /// outside the guest's memory (past the end, below 0, through a far tap or a long stride), or
 /// misaligned, or with a tap list out of bounds or too long, or more work than one call may do

@@ -545,7 +545,7 @@ impl GuestInstance {
         let stderr = self.store.data().stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
         let detail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = detail[detail.len().saturating_sub(3)..].join(" | ");
+        let tail = bounded(detail[detail.len().saturating_sub(3)..].join(" | "));
         let trap = e.downcast_ref::<Trap>().map_or_else(|| e.root_cause().to_string(), |t| t.to_string());
         if tail.is_empty() {
             SandboxError::Trap(trap)
@@ -670,8 +670,22 @@ impl GuestInstance {
         if self.store.data().limiter.hit_memory_cap {
             return SandboxError::MemoryCap(self.memory_limit);
         }
-        SandboxError::Guest { kind, message }
+        SandboxError::Guest { kind, message: bounded(message) }
     }
+}
+
+/// Guest text (an error message, the tail of its stderr) cut to `MAX_ERROR_MESSAGE` bytes on the
+/// host: it reaches the client and the audit log, and the guest's own cap is the guest's word.
+fn bounded(mut text: String) -> String {
+    if text.len() > warden_wire::guest::MAX_ERROR_MESSAGE {
+        let mut end = warden_wire::guest::MAX_ERROR_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("... (cut)");
+    }
+    text
 }
 
 /// A `warden_wire::guest::RunRequest` over the host's own tensors: encoded byte for byte as one

@@ -31,7 +31,9 @@ struct Global {
     /// Mutable state (accepted model versions). Default: $XDG_STATE_HOME/warden.
     #[arg(long, global = true, env = "WARDEN_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Compiled-guest cache. Default: $XDG_CACHE_HOME/warden.
+    /// Compiled-guest cache. Default: $XDG_CACHE_HOME/warden. Its files are loaded as native
+    /// code: it must be writable by this user only (its checksum catches corruption, not a
+    /// writer who recomputes it).
     #[arg(long, global = true, env = "WARDEN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile the sandboxed engine on every start instead of caching it.

@@ -10,8 +10,9 @@
 //! directory keeps only the `KEEP` most recently used ones (a hit marks its file used).
 //!
 //! Trust note: compiled code runs natively. Whoever can write the cache directory can already
-//! run code as this user (it is created 0700 under the user's cache home); the digest guards
-//! against corruption, not against that user.
+//! run code as this user (it is created 0700 under the user's cache home, but a directory that
+//! already exists, or one named by `--cache-dir`, keeps its mode: the operator's to keep
+//! private); the digest guards against corruption, not against a writer who recomputes it.
 #![allow(unsafe_code)]
 
 use std::hash::Hasher;

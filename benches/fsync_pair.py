@@ -14,25 +14,14 @@ import sys
 import threading
 import time
 
-
-def spin(seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        pass
+from fsync_stalls import start_hogs  # beside this file
 
 
 def main():
     hogs = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
     directory = sys.argv[3] if len(sys.argv) > 3 else "."
-    children = []
-    for _ in range(hogs):
-        pid = os.fork()
-        if pid == 0:
-            spin(seconds + 0.5)
-            os._exit(0)
-        children.append(pid)
-    time.sleep(0.2)
+    children = start_hogs(hogs, seconds)
     begun = time.perf_counter()
     windows = {}
 

@@ -26,10 +26,8 @@ def spin(seconds):
         pass
 
 
-def main():
-    hogs = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
-    directory = sys.argv[3] if len(sys.argv) > 3 else "."
+def start_hogs(hogs, seconds):
+    """Forks `hogs` processes that spin for `seconds` and a half; returns their ids."""
     children = []
     for _ in range(hogs):
         pid = os.fork()
@@ -38,6 +36,14 @@ def main():
             os._exit(0)
         children.append(pid)
     time.sleep(0.2)
+    return children
+
+
+def main():
+    hogs = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
+    directory = sys.argv[3] if len(sys.argv) > 3 else "."
+    children = start_hogs(hogs, seconds)
     path = os.path.join(directory, f"fsync_stalls.{os.getpid()}.tmp")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:

@@ -1,7 +1,7 @@
 //! Every signature check refuses tampering: byte flips in each bundle file, unknown and revoked
 //! keys, rollback (also across restarts), reused versions, a missing signature.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use warden::trust::{MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, TrustStore, verify_bundle};
 use warden::{BundleError, Error};
@@ -82,16 +82,22 @@ fn unknown_revoked_and_missing_signatures_are_refused() {
     ));
 }
 
-#[test]
-fn rollback_is_refused_even_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let publisher = TestPublisher::new(dir.path());
+/// digits signed as version 1 and as version 2, in `dir/repo`.
+fn digits_v1_and_v2(dir: &Path) -> (TestPublisher, PathBuf, PathBuf) {
+    let publisher = TestPublisher::new(dir);
     let fixture = digits();
-    let repo = dir.path().join("repo");
+    let repo = dir.join("repo");
     let mut manifest = fixture.manifest();
     let v1 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
     manifest.version = 2;
     let v2 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
+    (publisher, v1, v2)
+}
+
+#[test]
+fn rollback_is_refused_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher, v1, v2) = digits_v1_and_v2(dir.path());
     let state = dir.path().join("state");
     {
         let runtime = builder(&state, &publisher.trust).build().unwrap();
@@ -119,13 +125,7 @@ fn rollback_is_refused_even_after_a_restart() {
 #[test]
 fn rollback_is_refused_across_processes_sharing_a_state_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let publisher = TestPublisher::new(dir.path());
-    let fixture = digits();
-    let repo = dir.path().join("repo");
-    let mut manifest = fixture.manifest();
-    let v1 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
-    manifest.version = 2;
-    let v2 = publisher.bundle(&repo, &manifest, &fixture.model_bytes());
+    let (publisher, v1, v2) = digits_v1_and_v2(dir.path());
     let bc = Fixture::load(&root().join("models/fixtures/breast_cancer.reference.json"));
     let other = publisher.bundle(&dir.path().join("other"), &bc.manifest(), &bc.model_bytes());
     let state = dir.path().join("state");

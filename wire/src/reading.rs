@@ -234,14 +234,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frames_round_trip_and_refuse_garbage() {
-        let signed = SignedReading {
+    fn signed() -> SignedReading {
+        SignedReading {
             format: READING_FORMAT,
             key_id: [1; 8],
             reading: reading(),
             signature: Signature64([7; 64]),
-        };
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_refuse_garbage() {
+        let signed = signed();
         let mut buf = [0u8; MAX_FRAME_LEN];
         let frame = signed.encode_frame(&mut buf).unwrap();
         assert_eq!(frame.last(), Some(&0));
@@ -254,12 +258,7 @@ mod tests {
 
     #[test]
     fn only_the_canonical_encoding_decodes() {
-        let signed = SignedReading {
-            format: READING_FORMAT,
-            key_id: [1; 8],
-            reading: reading(),
-            signature: Signature64([7; 64]),
-        };
+        let signed = signed();
         let mut buf = [0u8; MAX_FRAME_LEN];
         let bytes = postcard::to_slice(&signed, &mut buf).unwrap().to_vec();
         assert_eq!(SignedReading::decode(&bytes).unwrap(), signed);

@@ -298,15 +298,20 @@ impl Runtime {
 
     /// Reads the trust directory again (its keys and its `revoked` file), so that bundles verified
     /// from now on are checked against it; `warden serve` does so on SIGHUP and then drops the
-    /// models whose key is no longer trusted. A directory that does not load (a bad key file,
-    /// no keys left) leaves the trust as it was and is the error.
+    /// models whose key is no longer trusted. A directory that does not load (a bad key file or
+    /// line, no keys left) is the error, and fails closed: the keys read before stay trusted
+    /// less every key id its `revoked` file still names in a line that parses, and none at all
+    /// if no `.pub` file is left.
     pub fn reload_trust(&self) -> Result<()> {
-        let Some(dir) = self.trust().map(|t| t.dir().to_path_buf()) else {
+        let Some(current) = self.trust() else {
             return Ok(());
         };
-        let store = TrustStore::load(&dir)?;
+        let (store, result) = match TrustStore::load(current.dir()) {
+            Ok(store) => (store, Ok(())),
+            Err(e) => (current.narrowed_by(current.dir()), Err(e)),
+        };
         *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
-        Ok(())
+        result
     }
 
     /// The state directory in use.

@@ -513,7 +513,8 @@ fn plain_http_and_no_tokens_are_refused_on_network_addresses() {
 
 /// A publisher key revoked in the trust directory: SIGHUP reads the directory again, the models
 /// that key signed stop serving, a new bundle it signs is refused, and the other publishers'
-/// models serve on.
+/// models serve on. A `revoked` file with a bad line beside the revocation fails closed: the
+/// directory is refused, and the key it names is revoked all the same.
 #[test]
 fn a_publisher_key_revoked_then_sighup_unloads_what_it_signed() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,29 +522,52 @@ fn a_publisher_key_revoked_then_sighup_unloads_what_it_signed() {
     let (repo, trust) = (dir.path().join("repo"), dir.path().join("trust"));
     copy_dir(&root().join("models/repo/digits"), &repo.join("digits"));
     copy_dir(&root().join("models/dev-trust"), &trust);
-    let key = dir.path().join("mallory");
-    let made = ok(warden(&state).args(["keygen", "--out"]).arg(&key));
-    let key_id = made.split("key id ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
-    std::fs::copy(key.with_extension("pub"), trust.join("mallory.pub")).unwrap();
-    limited_digits(&state, &repo, &key.with_extension("key"), "mallorys", 1, "[limits]");
+    // Two more publishers, each with a model; returns the key's file stem and its id.
+    let publisher = |name: &str| {
+        let key = dir.path().join(name);
+        let made = ok(warden(&state).args(["keygen", "--out"]).arg(&key));
+        let key_id = made.split("key id ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
+        std::fs::copy(key.with_extension("pub"), trust.join(format!("{name}.pub"))).unwrap();
+        limited_digits(&state, &repo, &key.with_extension("key"), &format!("{name}s"), 1, "[limits]");
+        (key, key_id)
+    };
+    let (mallory, mallory_id) = publisher("mallory");
+    let (_, eve_id) = publisher("eve");
     let daemon = Serve::new(&state, &repo, &trust).start();
-    assert_eq!(infer(&daemon, "mallorys", None).status, 200);
-
-    std::fs::write(trust.join("revoked"), format!("# mallory's key leaked\n{key_id}\n")).unwrap();
-    limited_digits(&state, &repo, &key.with_extension("key"), "mallorys_new", 1, "[limits]");
-    assert!(Command::new("kill").args(["-HUP", &daemon.pid().to_string()]).status().unwrap().success());
-    let started = Instant::now();
-    while !daemon.stderr_tail().contains("reload done") {
-        assert!(started.elapsed() < Duration::from_secs(20), "no reload: {}", daemon.stderr_tail());
-        std::thread::sleep(Duration::from_millis(100));
+    for name in ["mallorys", "eves", "digits"] {
+        assert_eq!(infer(&daemon, name, None).status, 200, "{name}");
     }
+    let sighup_until_gone = |name: &str| {
+        assert!(Command::new("kill").args(["-HUP", &daemon.pid().to_string()]).status().unwrap().success());
+        let started = Instant::now();
+        while infer(&daemon, name, None).status != 404 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{name} still served: {}",
+                daemon.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    std::fs::write(trust.join("revoked"), format!("# mallory's key leaked\n{mallory_id}\n")).unwrap();
+    limited_digits(&state, &repo, &mallory.with_extension("key"), "mallorys_new", 1, "[limits]");
+    sighup_until_gone("mallorys");
     let log = daemon.stderr_tail();
     assert!(log.contains("no longer trusted"), "{log}");
-    for name in ["mallorys", "mallorys_new"] {
-        let r = infer(&daemon, name, None);
-        assert_eq!(r.status, 404, "{name}: {}", r.error());
-    }
-    assert!(log.contains("mallorys_new/1") && log.contains("revoked"), "{log}");
+    let r = infer(&daemon, "mallorys_new", None);
+    assert_eq!(r.status, 404, "mallorys_new: {}", r.error());
+    assert!(
+        log.lines().any(|l| l.contains("mallorys_new/1") && l.contains("revoked")),
+        "no refusal of mallorys_new for its revoked key: {log}"
+    );
+    assert_eq!(infer(&daemon, "eves", None).status, 200);
+
+    // A line that is no key id beside eve's: the directory is refused, eve's key revoked anyway.
+    let revoked = format!("# mallory's key leaked\n{mallory_id}\nnot a key id\n{eve_id}\n");
+    std::fs::write(trust.join("revoked"), revoked).unwrap();
+    sighup_until_gone("eves");
+    assert!(daemon.stderr_tail().contains("trust directory refused"), "{}", daemon.stderr_tail());
     assert_eq!(infer(&daemon, "digits", None).status, 200, "the dev key's model serves on");
     assert!(daemon.terminate(Duration::from_secs(10)).success());
 }

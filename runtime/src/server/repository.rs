@@ -88,7 +88,10 @@ impl Repository {
         // The trust directory first: a key revoked (or removed) since stops serving what it
         // signed, and signs nothing new.
         if let Err(e) = self.runtime.reload_trust() {
-            tracing::error!(error = %e, "trust directory refused; keeping the keys read before");
+            tracing::error!(
+                error = %e,
+                "trust directory refused; keeping the keys read before, less those it still revokes"
+            );
             report.refused.push(("trust directory".into(), e.to_string()));
         }
         let trust = self.runtime.trust();

@@ -247,17 +247,17 @@ impl Authenticator {
         if current == self.active.read().unwrap_or_else(|p| p.into_inner()).stamp {
             return;
         }
+        // A store exists, readable or not: tokens are on from now (one this daemon cannot read
+        // accepts no token, rather than leave the daemon open).
+        if current.is_some() && !self.required.swap(true, Ordering::AcqRel) {
+            tracing::warn!("a token store was created: client tokens are required from now on");
+        }
         match read_records(&self.path) {
             Ok(records) => {
-                let exists = records.is_some();
                 let records = active(records.unwrap_or_default());
                 tracing::info!(active = records.len(), "token store changed; reloaded");
                 *self.active.write().unwrap_or_else(|p| p.into_inner()) =
                     Snapshot { stamp: current, records };
-                // After the snapshot, so a request that sees tokens required sees the new ones.
-                if exists && !self.required.swap(true, Ordering::AcqRel) {
-                    tracing::warn!("a token store was created: client tokens are required from now on");
-                }
             }
             Err(e) => tracing::error!(error = %e, "token store unreadable; keeping the previous tokens"),
         }
@@ -315,6 +315,13 @@ mod tests {
         assert!(auth.required(), "the new store is noticed within the watch's interval");
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
         assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))).unwrap().name, "alice");
+        // A store that cannot be read turns tokens on too (here in a second reader that had none).
+        let other = tempfile::tempdir().unwrap();
+        let unreadable = Authenticator::open(other.path(), false).unwrap();
+        std::fs::write(other.path().join(TOKENS_FILE), b"not json").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(FileWatch::INTERVAL_MS + 100));
+        assert!(unreadable.required(), "an unreadable store turns tokens on");
+        assert_eq!(unreadable.authenticate(Some(&format!("Bearer {token}"))), Err(AuthError::Invalid));
         // Removing the store does not open the reader again.
         std::fs::remove_file(dir.path().join(TOKENS_FILE)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(FileWatch::INTERVAL_MS + 100));

@@ -245,9 +245,13 @@ impl ReadingVerifier {
             Ok(next) => {
                 let revoked = next.devices.values().filter(|r| r.revoked).count();
                 tracing::info!(devices = next.devices.len(), revoked, "device registry changed; reloaded");
-                let next = Arc::new(next);
-                *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
-                next
+                let mut slot = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                // Only over the registry this read started from: a read that stalled must not
+                // put back an older file over a newer one (a revocation, say).
+                if Arc::ptr_eq(&slot, &registry) {
+                    *slot = Arc::new(next);
+                }
+                Arc::clone(&slot)
             }
             Err(e) => {
                 tracing::error!(error = %e, "device registry unreadable; keeping the previous one");

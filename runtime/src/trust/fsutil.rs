@@ -75,13 +75,21 @@ impl FileWatch {
 
     /// A watch whose first check is due a second from now.
     pub(crate) fn new() -> FileWatch {
-        FileWatch { checked_ms: std::sync::atomic::AtomicU64::new(now_ms()) }
+        FileWatch { checked_ms: std::sync::atomic::AtomicU64::new(Self::now()) }
+    }
+
+    /// Milliseconds on a monotonic clock (since the first call in this process): a wall clock
+    /// stepped back would stop the checks for as long.
+    fn now() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(std::time::Instant::now);
+        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether this caller should look at the file now.
     pub(crate) fn due(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        let now = now_ms();
+        let now = Self::now();
         let last = self.checked_ms.load(Relaxed);
         now.saturating_sub(last) >= Self::INTERVAL_MS
             && self.checked_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok()

@@ -137,6 +137,17 @@ fn with_suffix(path: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The lines of a `revoked` file that name a key: comments (`#` on) and blank lines dropped.
+fn revocation_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty())
+}
+
+fn parse_key_id(hex_id: &str) -> Option<KeyId> {
+    let mut id = [0; KEY_ID_LEN];
+    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    Some(KeyId(id))
+}
+
 /// The publisher keys a host trusts: every `*.pub` file in a trust directory, minus the key ids
 /// listed in its `revoked` file (one hex key id per line, `#` comments).
 #[derive(Clone, Debug, Default)]
@@ -162,19 +173,34 @@ impl TrustStore {
         let revoked = dir.join("revoked");
         if revoked.exists() {
             let text = fs::read_to_string(&revoked).map_err(|e| Error::io(&revoked, e))?;
-            for line in
-                text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty())
-            {
-                let mut id = [0; KEY_ID_LEN];
-                hex::decode_to_slice(line, &mut id)
-                    .map_err(|_| KeyError::Malformed { path: revoked.clone(), what: "revocation" })?;
-                store.revoked.insert(KeyId(id));
+            for line in revocation_lines(&text) {
+                let id = parse_key_id(line)
+                    .ok_or_else(|| KeyError::Malformed { path: revoked.clone(), what: "revocation" })?;
+                store.revoked.insert(id);
             }
         }
         if store.keys.is_empty() {
             return Err(KeyError::EmptyTrust { path: dir.into() }.into());
         }
         Ok(store)
+    }
+
+    /// This store narrowed by what `dir`, a trust directory that no longer loads, still says:
+    /// every key id in a line of its `revoked` file that parses is revoked, and with no `.pub`
+    /// file left no key is trusted. What a reload falls back to, so that a typo beside a
+    /// revocation does not keep the revoked key trusted.
+    pub(crate) fn narrowed_by(&self, dir: &Path) -> TrustStore {
+        let mut store = self.clone();
+        let any_key = fs::read_dir(dir).is_ok_and(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "pub"))
+        });
+        if !any_key {
+            store.keys.clear();
+        }
+        if let Ok(text) = fs::read_to_string(dir.join("revoked")) {
+            store.revoked.extend(revocation_lines(&text).filter_map(parse_key_id));
+        }
+        store
     }
 
     /// The directory it was loaded from.

@@ -71,6 +71,11 @@ impl VersionLedger {
 
     /// [`check`](Self::check)s the bundle, then records it durably before returning.
     pub fn accept(&self, bundle: &VerifiedBundle) -> Result<()> {
+        // Already recorded (by this process or another): nothing to write, so no lock either
+        // (a process that may not write the state directory still loads what is recorded).
+        if !self.check(bundle)? {
+            return Ok(());
+        }
         let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
         // An empty file whose only use is its lock (so truncating it is harmless).
         let lock = open_new(&self.lock_path, 0o600).map_err(|e| Error::io(&self.lock_path, e))?;

@@ -308,7 +308,7 @@ impl Runtime {
         };
         let (store, result) = match TrustStore::load(current.dir()) {
             Ok(store) => (store, Ok(())),
-            Err(e) => (current.narrowed_by(current.dir()), Err(e)),
+            Err(e) => (current.narrowed(), Err(e)),
         };
         *self.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
         result

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
-use crate::trust::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, now_ms, write_atomic};
+use crate::trust::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, write_atomic};
 
 /// The token store's file in the state directory.
 pub const TOKENS_FILE: &str = "tokens.json";
@@ -73,6 +74,10 @@ pub enum TokenError {
 pub struct TokenStore {
     path: PathBuf,
     records: Vec<TokenRecord>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 fn digest(token: &str) -> String {
@@ -239,14 +244,10 @@ impl Authenticator {
     /// Re-reads the store if the file changed (at most once a second). A store that cannot be
     /// read keeps the last good snapshot and is logged.
     fn refresh(&self) {
-        if !self.watch.due() {
+        let seen = self.active.read().unwrap_or_else(|p| p.into_inner()).stamp;
+        let Some(current) = self.watch.changed(&self.path, &seen) else {
             return;
-        }
-        // Stamped before the read: a change during it is seen at the next check.
-        let current = file_stamp(&self.path);
-        if current == self.active.read().unwrap_or_else(|p| p.into_inner()).stamp {
-            return;
-        }
+        };
         // A store exists, readable or not: tokens are on from now (one this daemon cannot read
         // accepts no token, rather than leave the daemon open).
         if current.is_some() && !self.required.swap(true, Ordering::AcqRel) {

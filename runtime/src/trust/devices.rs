@@ -13,7 +13,7 @@ use warden_wire::reading::{MAX_DEVICE_ID, MAX_MESSAGE_LEN, READING_FORMAT, Signe
 
 use super::counters::{CounterError, CounterStore};
 use super::device_key::{DeviceKey, MAX_KEY_TABLES, TableBudget};
-use super::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, write_atomic};
+use super::fsutil::{FileStamp, FileWatch, create_private_dir, file_stamp, read_json, write_atomic};
 use crate::error::{Error, Result};
 
 const REGISTRY_FILE: &str = "devices.json";
@@ -119,15 +119,6 @@ fn parse_keys(
         .collect()
 }
 
-fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
     write_atomic(path, &bytes, 0o600)
@@ -144,10 +135,9 @@ impl DeviceRegistry {
         Ok(DeviceRegistry { keys: parse_keys(&devices, |_, _| None), devices, path, stamp, tables })
     }
 
-    /// The registry as its file is now, keeping the parsed keys (and their tables) of the
-    /// devices whose key did not change.
-    fn reread(&self) -> Result<DeviceRegistry> {
-        let stamp = file_stamp(&self.path);
+    /// The registry as its file is now (stamped `stamp` just before), keeping the parsed keys
+    /// (and their tables) of the devices whose key did not change.
+    fn reread(&self, stamp: FileStamp) -> Result<DeviceRegistry> {
         let devices = read_json(&self.path)?;
         let keys = parse_keys(&devices, |id, record| {
             self.devices.get(id).filter(|old| old.public_key == record.public_key)?;
@@ -238,10 +228,10 @@ impl ReadingVerifier {
     /// registry, and says so in the log.
     fn current(&self) -> Arc<DeviceRegistry> {
         let registry = self.registry();
-        if !self.watch.due() || file_stamp(&registry.path) == registry.stamp {
+        let Some(stamp) = self.watch.changed(&registry.path, &registry.stamp) else {
             return registry;
-        }
-        match registry.reread() {
+        };
+        match registry.reread(stamp) {
             Ok(next) => {
                 let revoked = next.devices.values().filter(|r| r.revoked).count();
                 tracing::info!(devices = next.devices.len(), revoked, "device registry changed; reloaded");

@@ -62,8 +62,8 @@ pub(crate) fn file_stamp(path: &Path) -> FileStamp {
 }
 
 /// Paces the checks a long-running reader makes for a changed file (the token store, the device
-/// registry): [`FileWatch::due`] is true at most once a second, and then for one caller only,
-/// so the hot path pays one atomic load and a clock read.
+/// registry): [`FileWatch::changed`] looks at the file at most once a second, and then for one
+/// caller only, so the hot path pays one atomic load and a clock read.
 #[derive(Debug)]
 pub(crate) struct FileWatch {
     checked_ms: std::sync::atomic::AtomicU64,
@@ -86,19 +86,28 @@ impl FileWatch {
         u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether this caller should look at the file now.
-    pub(crate) fn due(&self) -> bool {
+    /// The stamp of `path` if this caller is the one to look at it now and it differs from
+    /// `seen` (the stamp taken before the copy in hand was read, so a change during that read
+    /// is seen at the next look).
+    pub(crate) fn changed(&self, path: &Path, seen: &FileStamp) -> Option<FileStamp> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Self::now();
         let last = self.checked_ms.load(Relaxed);
-        now.saturating_sub(last) >= Self::INTERVAL_MS
-            && self.checked_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+        if now.saturating_sub(last) < Self::INTERVAL_MS
+            || self.checked_ms.compare_exchange(last, now, Relaxed, Relaxed).is_err()
+        {
+            return None;
+        }
+        Some(file_stamp(path)).filter(|current| current != seen)
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+/// A JSON file's contents, or `T::default()` if there is no such file.
+pub(crate) fn read_json<T: for<'de> serde::Deserialize<'de> + Default>(path: &Path) -> Result<T> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }

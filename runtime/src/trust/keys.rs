@@ -185,12 +185,13 @@ impl TrustStore {
         Ok(store)
     }
 
-    /// This store narrowed by what `dir`, a trust directory that no longer loads, still says:
-    /// every key id in a line of its `revoked` file that parses is revoked, and with no `.pub`
-    /// file left no key is trusted. What a reload falls back to, so that a typo beside a
-    /// revocation does not keep the revoked key trusted.
-    pub(crate) fn narrowed_by(&self, dir: &Path) -> TrustStore {
+    /// This store narrowed by what its directory, which no longer loads, still says: every key
+    /// id in a line of its `revoked` file that parses is revoked, and with no `.pub` file left
+    /// no key is trusted. What a reload falls back to, so that a typo beside a revocation does
+    /// not keep the revoked key trusted.
+    pub(crate) fn narrowed(&self) -> TrustStore {
         let mut store = self.clone();
+        let dir = &self.dir;
         let any_key = fs::read_dir(dir).is_ok_and(|entries| {
             entries.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "pub"))
         });

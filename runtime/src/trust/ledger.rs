@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::VerifiedBundle;
-use super::fsutil::{create_private_dir, open_new, write_atomic};
+use super::fsutil::{create_private_dir, open_new, read_json, write_atomic};
 use crate::error::{BundleError, Error, Result};
 
 const FILE: &str = "accepted-models.json";
@@ -32,15 +32,6 @@ pub struct VersionLedger {
     accepted: Mutex<BTreeMap<String, Accepted>>,
 }
 
-fn read_file(path: &Path) -> Result<BTreeMap<String, Accepted>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
 /// Takes in what another process recorded: per name, the higher version (the file's entry when
 /// both have the same version, since it was recorded first).
 fn merge(into: &mut BTreeMap<String, Accepted>, file: BTreeMap<String, Accepted>) {
@@ -56,7 +47,7 @@ impl VersionLedger {
     pub fn open(state_dir: &Path) -> Result<VersionLedger> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(FILE);
-        let accepted = read_file(&path)?;
+        let accepted = read_json(&path)?;
         Ok(VersionLedger { path, lock_path: state_dir.join(LOCK_FILE), accepted: Mutex::new(accepted) })
     }
 
@@ -65,7 +56,7 @@ impl VersionLedger {
     /// (needs recording).
     pub fn check(&self, bundle: &VerifiedBundle) -> Result<bool> {
         let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
-        merge(&mut accepted, read_file(&self.path)?);
+        merge(&mut accepted, read_json(&self.path)?);
         check_against(&accepted, bundle)
     }
 
@@ -80,7 +71,7 @@ impl VersionLedger {
         // An empty file whose only use is its lock (so truncating it is harmless).
         let lock = open_new(&self.lock_path, 0o600).map_err(|e| Error::io(&self.lock_path, e))?;
         lock.lock().map_err(|e| Error::io(&self.lock_path, e))?;
-        merge(&mut accepted, read_file(&self.path)?);
+        merge(&mut accepted, read_json(&self.path)?);
         if !check_against(&accepted, bundle)? {
             return Ok(());
         }
